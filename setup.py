@@ -1,0 +1,44 @@
+"""Packaging: the `vllm` package, its console script and the CPU kernels (vllm._C)."""
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_ext import cpu_extensions  # noqa: E402
+
+
+def read_requirements(name: str) -> list[str]:
+    requirements = []
+    with open(name) as handle:
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                requirements += read_requirements(line[3:].strip())
+            elif line:
+                requirements.append(line)
+    return requirements
+
+
+def target_requirements() -> list[str]:
+    target = os.environ.get("VLLM_TARGET_DEVICE", "cpu")
+    return read_requirements(f"requirements-{target}.txt")
+
+
+ext_modules = cpu_extensions() if os.environ.get("VLLM_TARGET_DEVICE", "cpu") == "cpu" else []
+cmdclass = {}
+if ext_modules:
+    from torch.utils.cpp_extension import BuildExtension
+    cmdclass["build_ext"] = BuildExtension
+
+setup(
+    name="vllm-pd",
+    version="0.1.0",
+    description="vLLM-compatible inference engine with disaggregated prefill/decode",
+    packages=find_packages(include=["vllm", "vllm.*"]),
+    python_requires=">=3.10",
+    install_requires=target_requirements(),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    entry_points={"console_scripts": ["vllm = vllm.entrypoints.cli.main:main"]},
+)

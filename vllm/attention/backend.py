@@ -1,0 +1,57 @@
+"""Contracts every attention backend implements."""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CommonAttentionMetadata:
+    """Device-independent description of one batch, built by the model runner.
+
+    Requests are ordered decodes first (query_len == 1), then prefills and chunks.
+    """
+    num_actual_tokens: int
+    num_decodes: int
+    query_start_loc_list: list[int]  # (B+1,)
+    seq_lens_list: list[int]  # (B,) context length after this step
+    query_start_loc: torch.Tensor  # (B+1,) int32
+    seq_lens: torch.Tensor  # (B,) int32
+    block_table: torch.Tensor  # (B, max_blocks_per_seq) int32
+    slot_mapping: torch.Tensor  # (T,) int64
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.seq_lens_list)
+
+
+class AttentionImpl(ABC):
+    """Computes attention for one layer and writes the new tokens' K/V into the cache."""
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int):
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                kv_cache: torch.Tensor, metadata) -> torch.Tensor:
+        """q: (T, H, D); k, v: (T, KVH, D); returns (T, H, D)."""
+
+
+class AttentionBackend(ABC):
+    """A family of attention kernels and the KV-cache layout they share."""
+    name: str
+    impl_cls: type[AttentionImpl]
+
+    @staticmethod
+    @abstractmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                           head_size: int) -> tuple[int, ...]:
+        """Shape of one layer's KV cache tensor."""
+
+    @staticmethod
+    def build_metadata(common: CommonAttentionMetadata):
+        """Turn the common description into this backend's metadata."""
+        return common

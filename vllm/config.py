@@ -1,0 +1,86 @@
+"""Engine configuration, resolved and validated once at start-up."""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+           "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message names the offending value."""
+
+
+def resolve_dtype(dtype: str | torch.dtype, platform_default: torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return platform_default
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class ModelConfig:
+    model: str
+    tokenizer: str
+    hf_config: Any
+    dtype: torch.dtype
+    max_model_len: int
+    seed: int = 0
+    served_model_name: str = ""
+    trust_remote_code: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.hf_config, "num_key_value_heads", None) or \
+            self.hf_config.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        cfg = self.hf_config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+
+@dataclass
+class CacheConfig:
+    block_size: int
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: Optional[float] = None
+    num_gpu_blocks_override: Optional[int] = None
+    num_blocks: int = 0  # filled in once the memory budget is known
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: Optional[str] = None
+
+
+@dataclass
+class VllmConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    kv_transfer_config: Optional[Any] = None
+    additional_config: dict = field(default_factory=dict)

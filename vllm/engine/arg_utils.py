@@ -1,0 +1,105 @@
+"""Engine arguments named as vLLM's, and their resolution into a VllmConfig."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from vllm.config import (CacheConfig, ConfigError, ModelConfig, ParallelConfig,
+                         SchedulerConfig, VllmConfig, resolve_dtype)
+
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+DEFAULT_MAX_NUM_SEQS = 256
+
+
+@dataclass
+class EngineArgs:
+    model: Optional[str] = None
+    tokenizer: Optional[str] = None
+    served_model_name: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: Optional[int] = None
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_num_batched_tokens: Optional[int] = None
+    block_size: Optional[int] = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    gpu_memory_utilization: Optional[float] = None
+    num_gpu_blocks_override: Optional[int] = None
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: Optional[str] = None
+    enforce_eager: bool = False
+    kv_transfer_config: Optional[Any] = None
+    additional_config: dict = field(default_factory=dict)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def create_engine_config(self) -> VllmConfig:
+        from vllm.platforms import current_platform
+        from vllm.transformers_utils.config import get_hf_config
+        self._validate_scalars()
+        model = self.model or _demo_model()
+        hf_config = get_hf_config(model, trust_remote_code=self.trust_remote_code)
+        max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
+        model_config = ModelConfig(
+            model=model, tokenizer=self.tokenizer or model, hf_config=hf_config,
+            dtype=resolve_dtype(self.dtype, current_platform.default_dtype()),
+            max_model_len=max_model_len, seed=self.seed,
+            served_model_name=self.served_model_name or model,
+            trust_remote_code=self.trust_remote_code)
+        block_size = self.block_size or current_platform.default_block_size
+        cache_config = CacheConfig(block_size, self.enable_prefix_caching,
+                                   self.gpu_memory_utilization, self.num_gpu_blocks_override)
+        batched = self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        if not self.enable_chunked_prefill:
+            batched = max(batched, max_model_len)
+        scheduler_config = SchedulerConfig(self.max_num_seqs, batched, max_model_len,
+                                           self.enable_chunked_prefill)
+        parallel_config = ParallelConfig(self.tensor_parallel_size,
+                                         self.distributed_executor_backend)
+        return VllmConfig(model_config, cache_config, scheduler_config, parallel_config,
+                          self.kv_transfer_config, dict(self.additional_config or {}))
+
+    def _validate_scalars(self) -> None:
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens, optional=True)
+        _positive("max_model_len", self.max_model_len, optional=True)
+        _positive("num_gpu_blocks_override", self.num_gpu_blocks_override, optional=True)
+        if self.block_size is not None and (self.block_size < 1 or
+                                            self.block_size & (self.block_size - 1)):
+            raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
+        util = self.gpu_memory_utilization
+        if util is not None and not 0 < util <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+        if self.tensor_parallel_size != 1:
+            raise ConfigError(f"tensor_parallel_size={self.tensor_parallel_size} is not "
+                              "supported yet: only 1")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+
+def _positive(name: str, value, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _resolve_max_model_len(hf_config, requested: Optional[int]) -> int:
+    derived = getattr(hf_config, "max_position_embeddings", None)
+    if requested is None:
+        if derived is None:
+            raise ConfigError("the model config has no max_position_embeddings: "
+                              "set max_model_len")
+        return derived
+    if derived is not None and requested > derived:
+        raise ConfigError(f"max_model_len={requested} is larger than the model's "
+                          f"max_position_embeddings={derived}")
+    return requested
+
+
+def _demo_model() -> str:
+    from vllm.demo_model import demo_model_path
+    return demo_model_path()

@@ -1,0 +1,70 @@
+"""The engine core: schedule() -> execute_model() -> update_from_output(), nothing else."""
+import time
+
+from vllm.config import VllmConfig
+from vllm.core.kv_cache_manager import KVCacheManager
+from vllm.core.outputs import EngineCoreOutput
+from vllm.core.request import Request, RequestStatus
+from vllm.core.scheduler import Scheduler
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+class EngineCore:
+
+    def __init__(self, vllm_config: VllmConfig, executor_cls=None):
+        start = time.perf_counter()
+        if executor_cls is None:
+            from vllm.executor.uniproc import UniProcExecutor
+            executor_cls = UniProcExecutor
+        self.vllm_config = vllm_config
+        self.executor = executor_cls(vllm_config)
+        cache_config = vllm_config.cache_config
+        num_blocks = self.executor.determine_num_blocks()
+        self._check_capacity(num_blocks)
+        cache_config.num_blocks = num_blocks
+        self.executor.initialize_kv_cache(num_blocks)
+        self.kv_cache_manager = KVCacheManager(num_blocks, cache_config.block_size,
+                                               cache_config.enable_prefix_caching)
+        self.scheduler = Scheduler(vllm_config, self.kv_cache_manager)
+        logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
+                    time.perf_counter() - start, num_blocks, cache_config.block_size)
+
+    def _check_capacity(self, num_blocks: int) -> None:
+        block_size = self.vllm_config.cache_config.block_size
+        max_len = self.vllm_config.model_config.max_model_len
+        if num_blocks < 1:
+            raise ValueError("no memory is left for the KV cache; raise "
+                             "VLLM_CPU_KVCACHE_SPACE or --gpu-memory-utilization")
+        if num_blocks * block_size < max_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * block_size} tokens, fewer than "
+                f"max_model_len={max_len}: lower --max-model-len or give the cache more memory")
+
+    @property
+    def max_tokens_in_cache(self) -> int:
+        return self.kv_cache_manager.num_blocks * self.kv_cache_manager.block_size
+
+    def add_request(self, request: Request) -> None:
+        if request.num_tokens > self.max_tokens_in_cache:
+            raise ValueError(
+                f"the prompt ({request.num_tokens} tokens) can never fit in the KV cache "
+                f"({self.max_tokens_in_cache} tokens)")
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[EngineCoreOutput]:
+        if not self.scheduler.has_unfinished_requests():
+            return []
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.executor.execute_model(scheduler_output)
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

@@ -1,0 +1,69 @@
+"""Turns user prompts and sampling parameters into validated engine-core requests."""
+from typing import Any, Optional, Union
+
+from vllm.config import ModelConfig
+from vllm.core.request import Request
+from vllm.sampling_params import SamplingParams
+
+PromptType = Union[str, list[int], dict]
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine refuses; the message names the offending value."""
+
+
+class Processor:
+
+    def __init__(self, model_config: ModelConfig, tokenizer):
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        cfg = model_config.hf_config
+        self.eos_token_id = getattr(cfg, "eos_token_id", None)
+        if isinstance(self.eos_token_id, list):
+            self.eos_token_id = self.eos_token_id[0] if self.eos_token_id else None
+        if self.eos_token_id is None and tokenizer is not None:
+            self.eos_token_id = tokenizer.eos_token_id
+
+    def parse_prompt(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), self._check_token_ids(prompt["prompt_token_ids"])
+            if "prompt" in prompt and isinstance(prompt["prompt"], str):
+                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+            raise InvalidRequestError("a prompt dict needs 'prompt' (str) or "
+                                      "'prompt_token_ids' (list of int)")
+        if isinstance(prompt, list):
+            return None, self._check_token_ids(prompt)
+        raise InvalidRequestError(f"a prompt must be a string, a list of token ids or a dict, "
+                                  f"got {type(prompt).__name__}")
+
+    def _check_token_ids(self, token_ids: Any) -> list[int]:
+        if not isinstance(token_ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+            raise InvalidRequestError("prompt_token_ids must be a list of integers")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(f"token id {bad[0]} is out of vocabulary (size {vocab})")
+        return token_ids
+
+    def make_request(self, request_id: str, prompt_token_ids: list[int],
+                     params: SamplingParams, arrival_time: Optional[float] = None,
+                     kv_transfer_params: Optional[dict] = None) -> Request:
+        max_len = self.model_config.max_model_len
+        num_prompt = len(prompt_token_ids)
+        if num_prompt == 0:
+            raise InvalidRequestError("the prompt is empty")
+        if num_prompt >= max_len:
+            raise InvalidRequestError(
+                f"the prompt ({num_prompt} tokens) is too long: max_model_len is {max_len} "
+                "and at least one token must be generated")
+        if params.max_tokens is None:
+            params = params.clone()
+            params.max_tokens = max_len - num_prompt
+        if params.logprobs is not None and params.logprobs > self.model_config.vocab_size:
+            raise InvalidRequestError(f"logprobs={params.logprobs} exceeds the vocabulary size")
+        return Request(request_id, prompt_token_ids, params, self.eos_token_id,
+                       arrival_time, kv_transfer_params)

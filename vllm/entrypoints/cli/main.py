@@ -1,0 +1,41 @@
+"""The `vllm` console script: subcommands register themselves here."""
+import argparse
+import sys
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from vllm.demo_model import demo_model_path
+    print(demo_model_path())
+    return 0
+
+
+def _add_demo_model(subparsers) -> None:
+    parser = subparsers.add_parser("demo-model", help="print the local path of the demo model")
+    parser.set_defaults(func=_demo_model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vllm.version import __version__
+    parser = argparse.ArgumentParser(prog="vllm", description="vLLM-compatible inference engine "
+                                     "with disaggregated prefill/decode")
+    parser.add_argument("--version", action="version", version=__version__)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo_model(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as error:
+        print(f"vllm: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

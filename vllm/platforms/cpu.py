@@ -1,0 +1,44 @@
+import os
+from typing import Optional
+
+import psutil
+import torch
+
+from vllm.platforms.interface import Platform
+
+GiB = 1 << 30
+DEFAULT_KV_CACHE_GIB = 4.0
+
+
+class CpuPlatform(Platform):
+    name = "cpu"
+    device_type = "cpu"
+    dist_backend = "gloo"
+    attn_backend = "vllm.attention.backends.cpu.CPUAttentionBackend"
+    supports_graph_capture = False
+    default_block_size = 16
+
+    def default_dtype(self) -> torch.dtype:
+        # bfloat16 matmul is ~200x slower than float32 on CPUs without AMX.
+        return torch.float32
+
+    def device(self, local_rank: int = 0) -> torch.device:
+        return torch.device("cpu")
+
+    def total_memory_bytes(self) -> int:
+        return psutil.virtual_memory().total
+
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
+        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        if space:
+            try:
+                gib = float(space)
+            except ValueError:
+                raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {space!r}")
+            if gib <= 0:
+                raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be positive, got {space!r}")
+            return int(gib * GiB)
+        available = psutil.virtual_memory().available
+        if memory_utilization is not None:
+            return int(available * memory_utilization * 0.5)
+        return int(min(DEFAULT_KV_CACHE_GIB * GiB, available * 0.5))

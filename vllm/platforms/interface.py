@@ -1,0 +1,44 @@
+"""What the rest of the engine may ask about the device it runs on."""
+import importlib
+from typing import Optional
+
+import torch
+
+
+class Platform:
+    """One device family. Subclasses fill in the class attributes and queries."""
+    name: str = "base"
+    device_type: str = "cpu"
+    dist_backend: str = "gloo"
+    attn_backend: str = ""
+    supports_graph_capture: bool = False
+    default_block_size: int = 16
+
+    def get_attn_backend_cls(self):
+        module_name, _, cls_name = self.attn_backend.rpartition(".")
+        return getattr(importlib.import_module(module_name), cls_name)
+
+    def default_dtype(self) -> torch.dtype:
+        return torch.bfloat16
+
+    def device(self, local_rank: int = 0) -> torch.device:
+        return torch.device(self.device_type, local_rank)
+
+    def set_device(self, device: torch.device) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def total_memory_bytes(self) -> int:
+        raise NotImplementedError
+
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
+        """Bytes the KV cache may take on this device."""
+        raise NotImplementedError
+
+    def visible_devices_env(self) -> Optional[str]:
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
