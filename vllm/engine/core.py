@@ -3,7 +3,7 @@ import time
 
 from vllm.config import VllmConfig
 from vllm.core.kv_cache_manager import KVCacheManager
-from vllm.core.outputs import EngineCoreOutput
+from vllm.core.outputs import EngineCoreOutput, SchedulerStats
 from vllm.core.request import Request, RequestStatus
 from vllm.core.scheduler import Scheduler
 from vllm.logger import init_logger
@@ -58,6 +58,15 @@ class EngineCore:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
+
+    def get_stats(self) -> SchedulerStats:
+        manager = self.kv_cache_manager
+        return SchedulerStats(num_running=len(self.scheduler.running),
+                              num_waiting=len(self.scheduler.waiting),
+                              kv_cache_usage=manager.usage(),
+                              num_free_blocks=manager.get_num_free_blocks(),
+                              num_total_blocks=manager.num_blocks,
+                              num_preemptions=self.scheduler.num_preemptions)
 
     def step(self) -> list[EngineCoreOutput]:
         if not self.scheduler.has_unfinished_requests():
