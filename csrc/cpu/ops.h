@@ -1,0 +1,18 @@
+// Declarations of the CPU ops registered in vllm._C (torch.ops._C.*).
+#pragma once
+
+#include <torch/all.h>
+
+// Decode attention over a paged KV cache (one query token per sequence).
+//   out, query:  (num_seqs, num_heads, head_size) float32, last dim contiguous
+//   key_cache, value_cache: (num_blocks, block_size, num_kv_heads, head_size)
+//                float32, contiguous
+//   block_table: (num_seqs, max_blocks_per_seq) int32, last dim contiguous
+//   seq_lens:    (num_seqs,) int32, cached tokens to attend to per sequence
+// Query head h reads kv head h / (num_heads / num_kv_heads). `out` may be
+// the same tensor as `query`.
+void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key_cache,
+                            const torch::Tensor& value_cache,
+                            const torch::Tensor& block_table,
+                            const torch::Tensor& seq_lens, double scale);

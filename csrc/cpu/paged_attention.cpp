@@ -1,0 +1,309 @@
+// Paged attention for decode steps on CPU (float32).
+//
+// Work is split over (sequence, kv head) pairs. For one pair, all query heads
+// that share the kv head are handled together, in two streaming passes over
+// the sequence's blocks, so every cached key and value is read exactly once:
+//   1. scores[h][t] = scale * q_h . k_t          (keys, block by block)
+//   2. p = exp(scores - max) per head; out_h = sum_t p[h][t] v_t / sum_t p[h][t]
+//                                               (values, block by block)
+// The cache is read in place through the block table; nothing is gathered.
+#include "ops.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#include "vec_ops.h"
+
+namespace vllm_cpu {
+namespace {
+
+// Raw pointers and strides of one paged_attention_decode call.
+struct DecodeProblem {
+  float* out;
+  int64_t out_seq_stride;
+  int64_t out_head_stride;
+  const float* query;
+  int64_t query_seq_stride;
+  int64_t query_head_stride;
+  const float* key_cache;
+  const float* value_cache;
+  const int32_t* block_table;
+  int64_t block_table_stride;
+  const int32_t* seq_lens;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_size;
+  int64_t block_size;
+  float scale;
+
+  int64_t group_size() const { return num_heads / num_kv_heads; }
+  // Distance between consecutive tokens of one kv head in the cache.
+  int64_t token_stride() const { return num_kv_heads * head_size; }
+  int64_t block_stride() const { return block_size * token_stride(); }
+};
+
+// Per-thread scratch memory, sized once for the longest sequence.
+struct Workspace {
+  std::vector<float> scores;        // (group_size, max_seq_len)
+  std::vector<float> scaled_query;  // (group_size, head_size)
+  std::vector<float> accumulators;  // (group_size, head_size)
+  std::vector<float> denominators;  // (group_size,)
+};
+
+#ifndef VLLM_PA_PREFETCH_TOKENS
+#define VLLM_PA_PREFETCH_TOKENS 64
+#endif
+// How far ahead of the rows being read the software prefetch runs. Blocks are
+// scattered, so the hardware prefetcher cannot follow across block boundaries.
+constexpr int64_t kPrefetchAheadTokens = VLLM_PA_PREFETCH_TOKENS;
+
+// Hints one block's rows for one kv head into cache.
+inline void prefetch_block_rows(const float* rows, int64_t row_stride,
+                                int64_t num_rows, int64_t row_length) {
+  constexpr int64_t kFloatsPerLine = 16;  // 64-byte cache lines
+  for (int64_t t = 0; t < num_rows; ++t) {
+    const char* row = reinterpret_cast<const char*>(rows + t * row_stride);
+    for (int64_t d = 0; d < row_length; d += kFloatsPerLine) {
+      __builtin_prefetch(row + d * sizeof(float), 0, 3);
+    }
+  }
+}
+
+// Attention of one sequence for the query heads of kv heads
+// [kv_head_begin, kv_head_end); each cached row segment is read once.
+template <int kHeadSize>
+void attend_kv_heads(const DecodeProblem& p, int64_t seq, int64_t kv_head_begin,
+                     int64_t kv_head_end, Workspace& ws) {
+  const int64_t head_size = kHeadSize > 0 ? kHeadSize : p.head_size;
+  const int64_t group_size = p.group_size();
+  const int64_t first_head = kv_head_begin * group_size;
+  const int64_t num_local_heads = (kv_head_end - kv_head_begin) * group_size;
+  const int64_t seq_len = p.seq_lens[seq];
+  const int32_t* block_ids = p.block_table + seq * p.block_table_stride;
+  const int64_t num_seq_blocks = (seq_len + p.block_size - 1) / p.block_size;
+  const int64_t token_stride = p.token_stride();
+  const int64_t block_stride = p.block_stride();
+
+  auto out_row = [&](int64_t local_head) {
+    return p.out + seq * p.out_seq_stride + (first_head + local_head) * p.out_head_stride;
+  };
+  if (seq_len == 0) {  // nothing to attend to: define the output as zeros
+    for (int64_t h = 0; h < num_local_heads; ++h) std::fill_n(out_row(h), head_size, 0.0f);
+    return;
+  }
+
+  float* scaled_query = ws.scaled_query.data();  // (num_local_heads, head_size)
+  for (int64_t h = 0; h < num_local_heads; ++h) {
+    const float* q = p.query + seq * p.query_seq_stride + (first_head + h) * p.query_head_stride;
+    for (int64_t d = 0; d < head_size; ++d) scaled_query[h * head_size + d] = q[d] * p.scale;
+  }
+
+  auto tokens_in_block = [&](int64_t block_index) {
+    return std::min(p.block_size, seq_len - block_index * p.block_size);
+  };
+  // First row of kv head `kv_head` in the sequence's block `block_index`.
+  auto block_rows = [&](const float* cache, int64_t block_index, int64_t kv_head) {
+    return cache + block_ids[block_index] * block_stride + kv_head * head_size;
+  };
+
+  // Blocks are read as one stream: all key blocks, then all value blocks.
+  // prefetch_stream(i) hints stream block i; it runs `prefetch_distance` ahead.
+  auto prefetch_stream = [&](int64_t stream_index) {
+    if (stream_index >= 2 * num_seq_blocks) return;
+    const bool is_key = stream_index < num_seq_blocks;
+    const int64_t b = is_key ? stream_index : stream_index - num_seq_blocks;
+    prefetch_block_rows(block_rows(is_key ? p.key_cache : p.value_cache, b, kv_head_begin),
+                        token_stride, tokens_in_block(b),
+                        (kv_head_end - kv_head_begin) * head_size);
+  };
+  const int64_t prefetch_distance = std::max<int64_t>(1, kPrefetchAheadTokens / p.block_size);
+  for (int64_t i = 0; i < prefetch_distance; ++i) prefetch_stream(i);
+
+  // Pass 1: scores, laid out (num_local_heads, seq_len).
+  float* scores = ws.scores.data();
+  for (int64_t b = 0; b < num_seq_blocks; ++b) {
+    prefetch_stream(b + prefetch_distance);
+    const int64_t num_tokens = tokens_in_block(b);
+    for (int64_t h = 0; h < num_local_heads; ++h) {
+      const float* keys = block_rows(p.key_cache, b, kv_head_begin + h / group_size);
+      vec::dot_rows<kHeadSize>(scaled_query + h * head_size, keys, token_stride,
+                               num_tokens, head_size,
+                               scores + h * seq_len + b * p.block_size);
+    }
+  }
+
+  // Softmax numerators in place; keep each head's denominator.
+  float* denominator = ws.denominators.data();
+  for (int64_t h = 0; h < num_local_heads; ++h) {
+    float* head_scores = scores + h * seq_len;
+    const float max_score = vec::max_of(head_scores, seq_len);
+    denominator[h] = vec::exp_minus_max_inplace(head_scores, seq_len, max_score);
+  }
+
+  // Pass 2: weighted sum of values.
+  float* accumulators = ws.accumulators.data();  // (num_local_heads, head_size)
+  std::fill_n(accumulators, num_local_heads * head_size, 0.0f);
+  for (int64_t b = 0; b < num_seq_blocks; ++b) {
+    prefetch_stream(num_seq_blocks + b + prefetch_distance);
+    const int64_t num_tokens = tokens_in_block(b);
+    for (int64_t h = 0; h < num_local_heads; ++h) {
+      const float* values = block_rows(p.value_cache, b, kv_head_begin + h / group_size);
+      vec::accumulate_weighted_rows<kHeadSize>(
+          values, token_stride, scores + h * seq_len + b * p.block_size,
+          num_tokens, head_size, accumulators + h * head_size);
+    }
+  }
+
+  for (int64_t h = 0; h < num_local_heads; ++h) {
+    const float inverse = 1.0f / denominator[h];
+    float* out = out_row(h);
+    for (int64_t d = 0; d < head_size; ++d) out[d] = accumulators[h * head_size + d] * inverse;
+  }
+}
+
+// Work items are (sequence, run of kv heads). Whole sequences read each block
+// as one contiguous range; splitting a sequence's kv heads into separate items
+// only pays off when there are too few sequences to keep every thread busy.
+int64_t kv_heads_per_item(const DecodeProblem& p, int64_t num_seqs) {
+  if (const char* forced = std::getenv("VLLM_PA_KV_HEADS_PER_ITEM")) {
+    return std::clamp<int64_t>(std::atoll(forced), 1, p.num_kv_heads);
+  }
+  const int64_t min_items = 4 * at::get_num_threads();
+  return num_seqs >= min_items ? p.num_kv_heads : 1;
+}
+
+template <int kHeadSize>
+void run_decode(const DecodeProblem& p, int64_t num_seqs, int64_t max_seq_len) {
+  const int64_t heads_per_item = kv_heads_per_item(p, num_seqs);
+  const int64_t items_per_seq = (p.num_kv_heads + heads_per_item - 1) / heads_per_item;
+  const int64_t max_local_heads = heads_per_item * p.group_size();
+  at::parallel_for(0, num_seqs * items_per_seq, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+    Workspace ws;
+    ws.scores.resize(std::max<int64_t>(1, max_local_heads * max_seq_len));
+    ws.scaled_query.resize(max_local_heads * p.head_size);
+    ws.accumulators.resize(max_local_heads * p.head_size);
+    ws.denominators.resize(max_local_heads);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t seq = item / items_per_seq;
+      const int64_t kv_head_begin = (item % items_per_seq) * heads_per_item;
+      const int64_t kv_head_end = std::min(p.num_kv_heads, kv_head_begin + heads_per_item);
+      attend_kv_heads<kHeadSize>(p, seq, kv_head_begin, kv_head_end, ws);
+    }
+  });
+}
+
+// Checks every sequence's length and block ids before any pointer is followed;
+// returns the longest sequence length.
+int64_t check_seq_lens_and_blocks(const torch::Tensor& block_table,
+                                  const torch::Tensor& seq_lens,
+                                  int64_t num_cache_blocks, int64_t block_size) {
+  const int64_t num_seqs = seq_lens.size(0);
+  const int64_t max_blocks_per_seq = block_table.size(1);
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int32_t* table = block_table.data_ptr<int32_t>();
+  const int64_t table_stride = block_table.stride(0);
+  int64_t max_seq_len = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const int64_t seq_len = lens[s];
+    TORCH_CHECK(seq_len >= 0 && seq_len <= max_blocks_per_seq * block_size,
+                "paged_attention_decode: seq_lens[", s, "] = ", seq_len,
+                " is outside [0, max_blocks_per_seq * block_size = ",
+                max_blocks_per_seq * block_size, "]");
+    const int64_t used_blocks = (seq_len + block_size - 1) / block_size;
+    for (int64_t b = 0; b < used_blocks; ++b) {
+      const int64_t block_id = table[s * table_stride + b];
+      TORCH_CHECK(block_id >= 0 && block_id < num_cache_blocks,
+                  "paged_attention_decode: block_table[", s, "][", b, "] = ", block_id,
+                  " is outside the cache (", num_cache_blocks, " blocks)");
+    }
+    max_seq_len = std::max(max_seq_len, seq_len);
+  }
+  return max_seq_len;
+}
+
+void check_float_cpu(const torch::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), "paged_attention_decode: ", name, " must be on CPU");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32, "paged_attention_decode: ", name,
+              " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, "paged_attention_decode: ", name, " must have ", dims,
+              " dims, got shape ", t.sizes());
+}
+
+void check_int32_cpu(const torch::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), "paged_attention_decode: ", name, " must be on CPU");
+  TORCH_CHECK(t.scalar_type() == torch::kInt32, "paged_attention_decode: ", name,
+              " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, "paged_attention_decode: ", name, " must have ", dims,
+              " dims, got shape ", t.sizes());
+}
+
+}  // namespace
+}  // namespace vllm_cpu
+
+void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key_cache,
+                            const torch::Tensor& value_cache,
+                            const torch::Tensor& block_table,
+                            const torch::Tensor& seq_lens, double scale) {
+  using namespace vllm_cpu;
+  check_float_cpu(out, "out", 3);
+  check_float_cpu(query, "query", 3);
+  check_float_cpu(key_cache, "key_cache", 4);
+  check_float_cpu(value_cache, "value_cache", 4);
+  check_int32_cpu(block_table, "block_table", 2);
+  check_int32_cpu(seq_lens, "seq_lens", 1);
+
+  const int64_t num_seqs = query.size(0);
+  const int64_t num_heads = query.size(1);
+  const int64_t head_size = query.size(2);
+  const int64_t num_cache_blocks = key_cache.size(0);
+  const int64_t block_size = key_cache.size(1);
+  const int64_t num_kv_heads = key_cache.size(2);
+
+  TORCH_CHECK(out.sizes() == query.sizes(), "paged_attention_decode: out shape ",
+              out.sizes(), " differs from query shape ", query.sizes());
+  TORCH_CHECK(query.stride(2) == 1 && out.stride(2) == 1,
+              "paged_attention_decode: query and out need a contiguous last dim");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "paged_attention_decode: key_cache and value_cache must be contiguous");
+  TORCH_CHECK(key_cache.sizes() == value_cache.sizes(),
+              "paged_attention_decode: key_cache shape ", key_cache.sizes(),
+              " differs from value_cache shape ", value_cache.sizes());
+  TORCH_CHECK(key_cache.size(3) == head_size, "paged_attention_decode: cache head_size ",
+              key_cache.size(3), " differs from query head_size ", head_size);
+  TORCH_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+              "paged_attention_decode: num_heads (", num_heads,
+              ") must be a multiple of num_kv_heads (", num_kv_heads, ")");
+  TORCH_CHECK(block_size > 0, "paged_attention_decode: block_size must be positive");
+  TORCH_CHECK(block_table.size(0) == num_seqs && seq_lens.size(0) == num_seqs,
+              "paged_attention_decode: block_table ", block_table.sizes(), " and seq_lens ",
+              seq_lens.sizes(), " must have one row per sequence (", num_seqs, ")");
+  TORCH_CHECK(block_table.stride(1) == 1 || block_table.size(1) <= 1,
+              "paged_attention_decode: block_table needs a contiguous last dim");
+  TORCH_CHECK(seq_lens.is_contiguous(), "paged_attention_decode: seq_lens must be contiguous");
+  if (num_seqs == 0 || num_heads == 0) return;
+
+  const int64_t max_seq_len =
+      check_seq_lens_and_blocks(block_table, seq_lens, num_cache_blocks, block_size);
+
+  const DecodeProblem problem{
+      out.data_ptr<float>(),         out.stride(0),          out.stride(1),
+      query.data_ptr<float>(),       query.stride(0),        query.stride(1),
+      key_cache.data_ptr<float>(),   value_cache.data_ptr<float>(),
+      block_table.data_ptr<int32_t>(), block_table.stride(0), seq_lens.data_ptr<int32_t>(),
+      num_heads,                     num_kv_heads,           head_size,
+      block_size,                    static_cast<float>(scale)};
+
+  switch (head_size) {
+    case 32: run_decode<32>(problem, num_seqs, max_seq_len); break;
+    case 64: run_decode<64>(problem, num_seqs, max_seq_len); break;
+    case 80: run_decode<80>(problem, num_seqs, max_seq_len); break;
+    case 96: run_decode<96>(problem, num_seqs, max_seq_len); break;
+    case 128: run_decode<128>(problem, num_seqs, max_seq_len); break;
+    case 256: run_decode<256>(problem, num_seqs, max_seq_len); break;
+    default: run_decode<0>(problem, num_seqs, max_seq_len); break;  // any size, generic loops
+  }
+}

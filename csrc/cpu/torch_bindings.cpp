@@ -1,0 +1,16 @@
+// Registers the CPU ops as torch.ops._C.* and makes vllm._C an importable
+// Python module (importing it is what loads the registrations).
+#include <torch/extension.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY_FRAGMENT(_C, ops) {
+  ops.def(
+      "paged_attention_decode(Tensor(a!) out, Tensor query, Tensor key_cache, "
+      "Tensor value_cache, Tensor block_table, Tensor seq_lens, float scale) -> ()");
+  ops.impl("paged_attention_decode", torch::kCPU, &paged_attention_decode);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "vLLM CPU kernels; the ops live in torch.ops._C";
+}

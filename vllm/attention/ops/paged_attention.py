@@ -1,0 +1,98 @@
+"""Decode attention over the paged KV cache, and writing new tokens into it.
+
+Cache layout (docs/contracts-draft.md): per layer one tensor
+``kv_cache`` of shape (2, num_blocks, block_size, num_kv_heads, head_size);
+``key_cache = kv_cache[0]``, ``value_cache = kv_cache[1]``; the token at
+position ``pos`` of a sequence lives in block ``block_table[seq, pos // block_size]``
+at offset ``pos % block_size``.
+
+``paged_attention_decode`` runs the C++ kernel ``torch.ops._C.paged_attention_decode``
+(built from csrc/cpu as ``vllm._C``) when it is importable, else the plain PyTorch
+reference below.
+"""
+
+import torch
+
+try:
+    import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
+
+    HAS_CPU_KERNEL = hasattr(torch.ops._C, "paged_attention_decode")
+except ImportError:
+    HAS_CPU_KERNEL = False
+
+
+def paged_attention_decode(
+    out: torch.Tensor,  # (B, num_heads, head_size), written in place
+    query: torch.Tensor,  # (B, num_heads, head_size)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, num_kv_heads, head_size)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, num_kv_heads, head_size)
+    block_table: torch.Tensor,  # (B, max_blocks_per_seq) int32
+    seq_lens: torch.Tensor,  # (B,) int32, cached tokens incl. the one just written
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one query token per sequence over its cached tokens.
+
+    Query head h uses kv head h // (num_heads // num_kv_heads). A sequence
+    with seq_len 0 gets zeros. ``out`` may be ``query`` itself. Returns ``out``.
+    """
+    if HAS_CPU_KERNEL:
+        torch.ops._C.paged_attention_decode(
+            out, query, key_cache, value_cache, block_table, seq_lens, float(scale)
+        )
+    else:
+        out.copy_(
+            paged_attention_decode_reference(
+                query, key_cache, value_cache, block_table, seq_lens, scale
+            )
+        )
+    return out
+
+
+def paged_attention_decode_reference(
+    query: torch.Tensor,  # (B, num_heads, head_size)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, num_kv_heads, head_size)
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,  # (B, max_blocks_per_seq) int32
+    seq_lens: torch.Tensor,  # (B,) int32
+    scale: float,
+) -> torch.Tensor:
+    """Plain PyTorch version: gathers each sequence's K/V into padded tensors.
+
+    Correct but copies the whole context; returns a new (B, num_heads, head_size).
+    """
+    num_seqs, num_heads, head_size = query.shape
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    group_size = num_heads // num_kv_heads
+    max_len = int(seq_lens.max()) if num_seqs > 0 else 0
+    if max_len == 0:
+        return torch.zeros_like(query)
+
+    positions = torch.arange(max_len)  # (L,)
+    block_ids = block_table.long()[:, positions // block_size]  # (B, L)
+    slots = block_ids * block_size + positions % block_size  # (B, L)
+    flat_keys = key_cache.reshape(-1, num_kv_heads, head_size)
+    flat_values = value_cache.reshape(-1, num_kv_heads, head_size)
+    keys = flat_keys[slots].permute(0, 2, 3, 1)  # (B, kvh, D, L)
+    values = flat_values[slots].transpose(1, 2)  # (B, kvh, L, D)
+
+    grouped_query = query.float().reshape(num_seqs, num_kv_heads, group_size, head_size)
+    scores = torch.matmul(grouped_query, keys) * scale  # (B, kvh, G, L)
+    valid = positions[None, :] < seq_lens.long()[:, None]  # (B, L)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # (B, kvh, G, L)
+    probs = torch.nan_to_num(probs, nan=0.0)  # rows with seq_len 0 -> zeros
+    out = torch.matmul(probs, values)  # (B, kvh, G, D)
+    return out.reshape(num_seqs, num_heads, head_size)
+
+
+def reshape_and_cache(
+    key: torch.Tensor,  # (T, num_kv_heads, head_size)
+    value: torch.Tensor,  # (T, num_kv_heads, head_size)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, num_kv_heads, head_size), contiguous
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # (T,) int64, slot = block_id * block_size + offset
+) -> None:
+    """Writes each new token's key and value into its cache slot."""
+    num_kv_heads, head_size = key_cache.shape[2], key_cache.shape[3]
+    key_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, key)
+    value_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, value)

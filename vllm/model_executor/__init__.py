@@ -1,0 +1,1 @@
+"""Model definitions, parallel layers and weight loading."""

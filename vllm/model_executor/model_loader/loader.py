@@ -1,0 +1,53 @@
+"""get_model: build the model class for a config and load its checkpoint."""
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from vllm.model_executor.model_loader.gguf_weights import iterate_gguf
+from vllm.model_executor.model_loader.safetensors_weights import iterate_safetensors
+from vllm.model_executor.models.registry import resolve_model_cls
+
+
+def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
+              device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """Build the model `hf_config.architectures` names and load its weights.
+
+    `model_path` is a Hugging Face folder with *.safetensors files or a .gguf file.
+    The model is returned in eval mode with gradients disabled.
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    model_cls = resolve_model_cls(getattr(hf_config, "architectures", None) or [])
+    weights = checkpoint_weights(model_path, hf_config, dtype)
+    with default_dtype(dtype), torch.device(device):
+        model = model_cls(hf_config)
+    with torch.no_grad():
+        model.load_weights(weights)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def checkpoint_weights(model_path: str, hf_config: Any, dtype: torch.dtype
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    """A lazy stream of the checkpoint's tensors; the path is checked now."""
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"model path {model_path} does not exist")
+    if os.path.isdir(model_path):
+        return iterate_safetensors(model_path)
+    if model_path.endswith(".gguf"):
+        return iterate_gguf(model_path, hf_config, dtype)
+    raise ValueError(f"{model_path} is neither a model folder nor a .gguf file")
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -1,0 +1,1 @@
+"""Loading Hugging Face configs and tokenizers from local folders or GGUF files."""
