@@ -1,0 +1,56 @@
+"""Shared fixtures: the demo model (GGUF and a converted safetensors copy) and tiny models."""
+import json
+import os
+
+import pytest
+import torch
+
+from vllm.demo_model import demo_model_path
+
+
+@pytest.fixture(scope="session")
+def demo_gguf() -> str:
+    return demo_model_path()
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(demo_gguf, tmp_path_factory) -> str:
+    """The demo GGUF dequantised once into a safetensors folder, so engines start fast."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    folder, name = os.path.split(demo_gguf)
+    out = str(tmp_path_factory.mktemp("smollm2"))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, os.path.join(out, "model.safetensors"))
+    AutoConfig.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    return out
+
+
+def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = False) -> str:
+    """A random-weight model folder of the given architecture, small enough for CPU tests."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.2, tie_word_embeddings=tie, eos_token_id=2,
+                  bos_token_id=1)
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM),
+               "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_cls, model_cls = classes[architecture]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**common)).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, str]:
+    return {arch: make_tiny_model(str(tmp_path_factory.mktemp(arch)), arch)
+            for arch in ("llama", "qwen2")}
+
+
+def read_json(path: str) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
