@@ -14,18 +14,12 @@ def demo_gguf() -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir(demo_gguf, tmp_path_factory) -> str:
-    """The demo GGUF dequantised once into a safetensors folder, so engines start fast."""
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    folder, name = os.path.split(demo_gguf)
-    out = str(tmp_path_factory.mktemp("smollm2"))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, os.path.join(out, "model.safetensors"))
-    AutoConfig.from_pretrained(folder, gguf_file=name).save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
-    return out
+def demo_model_dir(demo_gguf) -> str:
+    """The demo GGUF converted (once, cached on disk) into a safetensors folder."""
+    from vllm.transformers_utils.gguf_cache import resolve_model_source
+    folder = resolve_model_source(demo_gguf)
+    assert os.path.isdir(folder), "the GGUF conversion cache is disabled"
+    return folder
 
 
 def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = False) -> str:

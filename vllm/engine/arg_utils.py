@@ -40,11 +40,14 @@ class EngineArgs:
         from vllm.platforms import current_platform
         from vllm.transformers_utils.config import get_hf_config
         self._validate_scalars()
+        from vllm.transformers_utils.gguf_cache import resolve_model_source
         model = self.model or _demo_model()
-        hf_config = get_hf_config(model, trust_remote_code=self.trust_remote_code)
+        source = resolve_model_source(model)
+        tokenizer = resolve_model_source(self.tokenizer) if self.tokenizer else source
+        hf_config = get_hf_config(source, trust_remote_code=self.trust_remote_code)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
         model_config = ModelConfig(
-            model=model, tokenizer=self.tokenizer or model, hf_config=hf_config,
+            model=source, tokenizer=tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, current_platform.default_dtype()),
             max_model_len=max_model_len, seed=self.seed,
             served_model_name=self.served_model_name or model,
