@@ -1,0 +1,1 @@
+"""Benchmarks behind `vllm bench ...`."""

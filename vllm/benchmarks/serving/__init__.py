@@ -1,0 +1,1 @@
+"""Online serving benchmark: drives an OpenAI-compatible server and reports latency metrics."""
