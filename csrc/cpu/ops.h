@@ -16,3 +16,12 @@ void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
                             const torch::Tensor& value_cache,
                             const torch::Tensor& block_table,
                             const torch::Tensor& seq_lens, double scale);
+
+// Stores token t's key and value rows at cache slot slot_mapping[t]
+// (slot = block_id * block_size + offset); negative slots are skipped.
+//   key, value:  (num_tokens, num_kv_heads, head_size) float32, last dim contiguous
+//   key_cache, value_cache: (num_blocks, block_size, num_kv_heads, head_size) float32, contiguous
+//   slot_mapping: (num_tokens,) int64
+void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
+                       torch::Tensor& key_cache, torch::Tensor& value_cache,
+                       const torch::Tensor& slot_mapping);

@@ -1,18 +1,19 @@
 // Paged attention for decode steps on CPU (float32).
 //
-// Work is split over (sequence, kv head) pairs. For one pair, all query heads
-// that share the kv head are handled together, in two streaming passes over
-// the sequence's blocks, so every cached key and value is read exactly once:
+// Work is split over sequences (or, for small batches, (sequence, kv head)
+// pairs). The query heads of a work item are handled together, in two
+// streaming passes over the sequence's blocks, so every cached key and value
+// is read exactly once, in place through the block table:
 //   1. scores[h][t] = scale * q_h . k_t          (keys, block by block)
 //   2. p = exp(scores - max) per head; out_h = sum_t p[h][t] v_t / sum_t p[h][t]
 //                                               (values, block by block)
-// The cache is read in place through the block table; nothing is gathered.
+// Two passes instead of an online softmax: the scores of one item are small
+// (heads x seq_len floats) and this avoids rescaling the accumulators.
 #include "ops.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
 
 #include "vec_ops.h"
@@ -45,32 +46,14 @@ struct DecodeProblem {
   int64_t block_stride() const { return block_size * token_stride(); }
 };
 
-// Per-thread scratch memory, sized once for the longest sequence.
+// Per-thread scratch memory, sized once for the longest sequence and the
+// number of query heads a work item handles.
 struct Workspace {
-  std::vector<float> scores;        // (group_size, max_seq_len)
-  std::vector<float> scaled_query;  // (group_size, head_size)
-  std::vector<float> accumulators;  // (group_size, head_size)
-  std::vector<float> denominators;  // (group_size,)
+  std::vector<float> scores;        // (item_heads, max_seq_len)
+  std::vector<float> scaled_query;  // (item_heads, head_size)
+  std::vector<float> accumulators;  // (item_heads, head_size)
+  std::vector<float> denominators;  // (item_heads,)
 };
-
-#ifndef VLLM_PA_PREFETCH_TOKENS
-#define VLLM_PA_PREFETCH_TOKENS 64
-#endif
-// How far ahead of the rows being read the software prefetch runs. Blocks are
-// scattered, so the hardware prefetcher cannot follow across block boundaries.
-constexpr int64_t kPrefetchAheadTokens = VLLM_PA_PREFETCH_TOKENS;
-
-// Hints one block's rows for one kv head into cache.
-inline void prefetch_block_rows(const float* rows, int64_t row_stride,
-                                int64_t num_rows, int64_t row_length) {
-  constexpr int64_t kFloatsPerLine = 16;  // 64-byte cache lines
-  for (int64_t t = 0; t < num_rows; ++t) {
-    const char* row = reinterpret_cast<const char*>(rows + t * row_stride);
-    for (int64_t d = 0; d < row_length; d += kFloatsPerLine) {
-      __builtin_prefetch(row + d * sizeof(float), 0, 3);
-    }
-  }
-}
 
 // Attention of one sequence for the query heads of kv heads
 // [kv_head_begin, kv_head_end); each cached row segment is read once.
@@ -109,23 +92,9 @@ void attend_kv_heads(const DecodeProblem& p, int64_t seq, int64_t kv_head_begin,
     return cache + block_ids[block_index] * block_stride + kv_head * head_size;
   };
 
-  // Blocks are read as one stream: all key blocks, then all value blocks.
-  // prefetch_stream(i) hints stream block i; it runs `prefetch_distance` ahead.
-  auto prefetch_stream = [&](int64_t stream_index) {
-    if (stream_index >= 2 * num_seq_blocks) return;
-    const bool is_key = stream_index < num_seq_blocks;
-    const int64_t b = is_key ? stream_index : stream_index - num_seq_blocks;
-    prefetch_block_rows(block_rows(is_key ? p.key_cache : p.value_cache, b, kv_head_begin),
-                        token_stride, tokens_in_block(b),
-                        (kv_head_end - kv_head_begin) * head_size);
-  };
-  const int64_t prefetch_distance = std::max<int64_t>(1, kPrefetchAheadTokens / p.block_size);
-  for (int64_t i = 0; i < prefetch_distance; ++i) prefetch_stream(i);
-
   // Pass 1: scores, laid out (num_local_heads, seq_len).
   float* scores = ws.scores.data();
   for (int64_t b = 0; b < num_seq_blocks; ++b) {
-    prefetch_stream(b + prefetch_distance);
     const int64_t num_tokens = tokens_in_block(b);
     for (int64_t h = 0; h < num_local_heads; ++h) {
       const float* keys = block_rows(p.key_cache, b, kv_head_begin + h / group_size);
@@ -147,7 +116,6 @@ void attend_kv_heads(const DecodeProblem& p, int64_t seq, int64_t kv_head_begin,
   float* accumulators = ws.accumulators.data();  // (num_local_heads, head_size)
   std::fill_n(accumulators, num_local_heads * head_size, 0.0f);
   for (int64_t b = 0; b < num_seq_blocks; ++b) {
-    prefetch_stream(num_seq_blocks + b + prefetch_distance);
     const int64_t num_tokens = tokens_in_block(b);
     for (int64_t h = 0; h < num_local_heads; ++h) {
       const float* values = block_rows(p.value_cache, b, kv_head_begin + h / group_size);
@@ -168,9 +136,6 @@ void attend_kv_heads(const DecodeProblem& p, int64_t seq, int64_t kv_head_begin,
 // as one contiguous range; splitting a sequence's kv heads into separate items
 // only pays off when there are too few sequences to keep every thread busy.
 int64_t kv_heads_per_item(const DecodeProblem& p, int64_t num_seqs) {
-  if (const char* forced = std::getenv("VLLM_PA_KV_HEADS_PER_ITEM")) {
-    return std::clamp<int64_t>(std::atoll(forced), 1, p.num_kv_heads);
-  }
   const int64_t min_items = 4 * at::get_num_threads();
   return num_seqs >= min_items ? p.num_kv_heads : 1;
 }

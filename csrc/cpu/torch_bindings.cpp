@@ -9,6 +9,10 @@ TORCH_LIBRARY_FRAGMENT(_C, ops) {
       "paged_attention_decode(Tensor(a!) out, Tensor query, Tensor key_cache, "
       "Tensor value_cache, Tensor block_table, Tensor seq_lens, float scale) -> ()");
   ops.impl("paged_attention_decode", torch::kCPU, &paged_attention_decode);
+  ops.def(
+      "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, "
+      "Tensor(b!) value_cache, Tensor slot_mapping) -> ()");
+  ops.impl("reshape_and_cache", torch::kCPU, &reshape_and_cache);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

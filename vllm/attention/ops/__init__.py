@@ -5,6 +5,7 @@ from vllm.attention.ops.paged_attention import (
     paged_attention_decode,
     paged_attention_decode_reference,
     reshape_and_cache,
+    reshape_and_cache_reference,
 )
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "paged_attention_decode",
     "paged_attention_decode_reference",
     "reshape_and_cache",
+    "reshape_and_cache_reference",
 ]

@@ -6,9 +6,9 @@ Cache layout (docs/contracts-draft.md): per layer one tensor
 position ``pos`` of a sequence lives in block ``block_table[seq, pos // block_size]``
 at offset ``pos % block_size``.
 
-``paged_attention_decode`` runs the C++ kernel ``torch.ops._C.paged_attention_decode``
-(built from csrc/cpu as ``vllm._C``) when it is importable, else the plain PyTorch
-reference below.
+``paged_attention_decode`` and ``reshape_and_cache`` run the C++ kernels
+``torch.ops._C.*`` (built from csrc/cpu as ``vllm._C``) when they are importable,
+else the plain PyTorch references below (``*_reference``).
 """
 
 import torch
@@ -16,7 +16,9 @@ import torch
 try:
     import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
 
-    HAS_CPU_KERNEL = hasattr(torch.ops._C, "paged_attention_decode")
+    HAS_CPU_KERNEL = hasattr(torch.ops._C, "paged_attention_decode") and hasattr(
+        torch.ops._C, "reshape_and_cache"
+    )
 except ImportError:
     HAS_CPU_KERNEL = False
 
@@ -86,13 +88,33 @@ def paged_attention_decode_reference(
 
 
 def reshape_and_cache(
-    key: torch.Tensor,  # (T, num_kv_heads, head_size)
+    key: torch.Tensor,  # (T, num_kv_heads, head_size), last dim contiguous
     value: torch.Tensor,  # (T, num_kv_heads, head_size)
     key_cache: torch.Tensor,  # (num_blocks, block_size, num_kv_heads, head_size), contiguous
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # (T,) int64, slot = block_id * block_size + offset
 ) -> None:
-    """Writes each new token's key and value into its cache slot."""
+    """Writes each new token's key and value into its cache slot.
+
+    Tokens whose slot is negative (padding) are skipped.
+    """
+    if HAS_CPU_KERNEL:
+        torch.ops._C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    else:
+        reshape_and_cache_reference(key, value, key_cache, value_cache, slot_mapping)
+
+
+def reshape_and_cache_reference(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Plain PyTorch version of reshape_and_cache."""
     num_kv_heads, head_size = key_cache.shape[2], key_cache.shape[3]
+    is_stored = slot_mapping >= 0  # (T,)
+    if not bool(is_stored.all()):
+        key, value, slot_mapping = key[is_stored], value[is_stored], slot_mapping[is_stored]
     key_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, key)
     value_cache.view(-1, num_kv_heads, head_size).index_copy_(0, slot_mapping, value)
