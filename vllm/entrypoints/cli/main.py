@@ -14,6 +14,15 @@ def _add_demo_model(subparsers) -> None:
     parser.set_defaults(func=_demo_model)
 
 
+def _add_bench(subparsers) -> None:
+    from vllm.benchmarks import throughput
+    bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench_command", metavar="BENCHMARK", required=True)
+    parser = bench.add_parser("throughput", help="offline throughput benchmark")
+    throughput.add_cli_args(parser)
+    parser.set_defaults(func=throughput.main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.version import __version__
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM-compatible inference engine "
@@ -21,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo_model(subparsers)
+    _add_bench(subparsers)
     return parser
 
 
