@@ -6,7 +6,9 @@ from typing import Any, Optional
 from vllm.config import (CacheConfig, ConfigError, ModelConfig, ParallelConfig,
                          SchedulerConfig, VllmConfig, resolve_dtype)
 
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+# Token budget of one step when unset: offline runs favour throughput (bigger prefill
+# chunks), servers favour inter-token latency (vLLM sets them by usage context too).
+DEFAULT_MAX_NUM_BATCHED_TOKENS = {"llm_class": 8192, "engine": 2048}
 DEFAULT_MAX_NUM_SEQS = 256
 
 
@@ -36,7 +38,7 @@ class EngineArgs:
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    def create_engine_config(self) -> VllmConfig:
+    def create_engine_config(self, usage_context: str = "engine") -> VllmConfig:
         from vllm.platforms import current_platform
         from vllm.transformers_utils.config import get_hf_config
         self._validate_scalars()
@@ -45,6 +47,8 @@ class EngineArgs:
         source = resolve_model_source(model)
         tokenizer = resolve_model_source(self.tokenizer) if self.tokenizer else source
         hf_config = get_hf_config(source, trust_remote_code=self.trust_remote_code)
+        _check_architecture(hf_config)
+        _check_tensor_parallel_split(hf_config, self.tensor_parallel_size)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
         model_config = ModelConfig(
             model=source, tokenizer=tokenizer, hf_config=hf_config,
@@ -55,7 +59,8 @@ class EngineArgs:
         block_size = self.block_size or current_platform.default_block_size
         cache_config = CacheConfig(block_size, self.enable_prefix_caching,
                                    self.gpu_memory_utilization, self.num_gpu_blocks_override)
-        batched = self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        batched = (self.max_num_batched_tokens or
+                   DEFAULT_MAX_NUM_BATCHED_TOKENS.get(usage_context, 2048))
         if not self.enable_chunked_prefill:
             batched = max(batched, max_model_len)
         scheduler_config = SchedulerConfig(self.max_num_seqs, batched, max_model_len,
@@ -76,9 +81,13 @@ class EngineArgs:
         util = self.gpu_memory_utilization
         if util is not None and not 0 < util <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {util}")
-        if self.tensor_parallel_size != 1:
-            raise ConfigError(f"tensor_parallel_size={self.tensor_parallel_size} is not "
-                              "supported yet: only 1")
+        _positive("tensor_parallel_size", self.tensor_parallel_size)
+        if self.distributed_executor_backend not in (None, "mp", "ray", "uni"):
+            raise ConfigError("distributed_executor_backend must be 'mp', 'ray' or 'uni', "
+                              f"got {self.distributed_executor_backend!r}")
+        if self.distributed_executor_backend == "uni" and self.tensor_parallel_size != 1:
+            raise ConfigError(f"distributed_executor_backend 'uni' runs one rank, but "
+                              f"tensor_parallel_size={self.tensor_parallel_size}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
 
@@ -88,6 +97,27 @@ def _positive(name: str, value, optional: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_architecture(hf_config) -> None:
+    from vllm.model_executor.models.registry import resolve_model_cls
+    resolve_model_cls(getattr(hf_config, "architectures", None) or [])
+
+
+def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:
+    """Attention heads and MLP rows split evenly; KV heads split or replicate evenly."""
+    heads = getattr(hf_config, "num_attention_heads", None)
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    intermediate = getattr(hf_config, "intermediate_size", None)
+    if heads is not None and heads % tp_size:
+        raise ConfigError(f"the model's {heads} attention heads cannot be split over "
+                          f"tensor_parallel_size={tp_size}: it must divide {heads}")
+    if kv_heads is not None and kv_heads % tp_size and tp_size % kv_heads:
+        raise ConfigError(f"the model's {kv_heads} KV heads cannot be split or replicated "
+                          f"over tensor_parallel_size={tp_size}: one must divide the other")
+    if intermediate is not None and intermediate % tp_size:
+        raise ConfigError(f"the model's intermediate_size={intermediate} cannot be split "
+                          f"over tensor_parallel_size={tp_size}")
 
 
 def _resolve_max_model_len(hf_config, requested: Optional[int]) -> int:

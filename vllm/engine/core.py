@@ -16,8 +16,8 @@ class EngineCore:
     def __init__(self, vllm_config: VllmConfig, executor_cls=None):
         start = time.perf_counter()
         if executor_cls is None:
-            from vllm.executor.uniproc import UniProcExecutor
-            executor_cls = UniProcExecutor
+            from vllm.executor.factory import executor_class
+            executor_cls = executor_class(vllm_config.parallel_config)
         self.vllm_config = vllm_config
         self.executor = executor_cls(vllm_config)
         cache_config = vllm_config.cache_config

@@ -13,8 +13,8 @@ from vllm.transformers_utils.tokenizer import get_tokenizer
 
 class LLMEngine:
 
-    def __init__(self, engine_args: EngineArgs):
-        self.vllm_config = engine_args.create_engine_config()
+    def __init__(self, engine_args: EngineArgs, usage_context: str = "engine"):
+        self.vllm_config = engine_args.create_engine_config(usage_context)
         model_config = self.vllm_config.model_config
         self.tokenizer = get_tokenizer(model_config.tokenizer,
                                        trust_remote_code=model_config.trust_remote_code)

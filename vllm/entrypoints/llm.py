@@ -22,7 +22,7 @@ class LLM:
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
             raise TypeError(f"unknown engine argument {sorted(unknown)[0]!r}")
-        self.llm_engine = LLMEngine(EngineArgs(model=model, **kwargs))
+        self.llm_engine = LLMEngine(EngineArgs(model=model, **kwargs), usage_context="llm_class")
         self._counter = itertools.count()
 
     def get_tokenizer(self):

@@ -28,7 +28,8 @@ class CpuPlatform(Platform):
     def total_memory_bytes(self) -> int:
         return psutil.virtual_memory().total
 
-    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float],
+                              ranks_on_host: int = 1) -> int:
         space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if space:
             try:
@@ -37,8 +38,8 @@ class CpuPlatform(Platform):
                 raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {space!r}")
             if gib <= 0:
                 raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be positive, got {space!r}")
-            return int(gib * GiB)
+            return int(gib * GiB) // ranks_on_host
         available = psutil.virtual_memory().available
         if memory_utilization is not None:
-            return int(available * memory_utilization * 0.5)
-        return int(min(DEFAULT_KV_CACHE_GIB * GiB, available * 0.5))
+            return int(available * memory_utilization * 0.5) // ranks_on_host
+        return int(min(DEFAULT_KV_CACHE_GIB * GiB, available * 0.5)) // ranks_on_host

@@ -25,7 +25,8 @@ class CudaPlatform(Platform):
     def total_memory_bytes(self) -> int:
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
-    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float],
+                              ranks_on_host: int = 1) -> int:
         free, total = torch.cuda.mem_get_info()
         used = total - free
         return max(int(total * (memory_utilization or 0.9)) - used, 0)

@@ -33,8 +33,9 @@ class Platform:
     def total_memory_bytes(self) -> int:
         raise NotImplementedError
 
-    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
-        """Bytes the KV cache may take on this device."""
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float],
+                              ranks_on_host: int = 1) -> int:
+        """Bytes one rank's KV cache may take; `ranks_on_host` ranks share host memory."""
         raise NotImplementedError
 
     def visible_devices_env(self) -> Optional[str]:

@@ -26,7 +26,8 @@ class NpuPlatform(Platform):
     def total_memory_bytes(self) -> int:
         return torch.npu.mem_get_info()[1]
 
-    def kv_cache_budget_bytes(self, memory_utilization: Optional[float]) -> int:
+    def kv_cache_budget_bytes(self, memory_utilization: Optional[float],
+                              ranks_on_host: int = 1) -> int:
         free, total = torch.npu.mem_get_info()
         return max(int(total * (memory_utilization or 0.9)) - (total - free), 0)
 

@@ -92,7 +92,7 @@ def _inverse_cdf_sample(
     for row, generator in generators.items():
         uniform[row] = torch.rand(1, generator=generator)
     cdf = probs.cumsum(dim=-1)  # (B, V), non-decreasing
-    total = cdf[:, -1:]  # (B, 1)
+    total = cdf[:, -1:].contiguous()  # (B, 1)
     # right=True: the first index whose cdf exceeds the target is never a zero-probability
     # token; the clamp guards a target that rounds up to the total.
     tokens = torch.searchsorted(cdf, uniform * total, right=True)  # (B, 1)

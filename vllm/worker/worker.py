@@ -1,8 +1,12 @@
 """One worker per tensor-parallel rank: owns the device, the model runner and the KV cache."""
+from typing import Optional
+
 import torch
 
 from vllm.config import VllmConfig
 from vllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from vllm.distributed.init import destroy_worker_distributed, init_worker_distributed
+from vllm.executor.thread_binding import bind_rank_threads
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.worker.model_runner import ModelRunner
@@ -15,6 +19,7 @@ class Worker:
     def __init__(self, vllm_config: VllmConfig, rank: int = 0, local_rank: int = 0):
         self.vllm_config = vllm_config
         self.rank = rank
+        self.local_rank = local_rank
         self.device = current_platform.device(local_rank)
         current_platform.set_device(self.device)
         torch.manual_seed(vllm_config.model_config.seed)
@@ -27,7 +32,9 @@ class Worker:
         cache_config = self.vllm_config.cache_config
         if cache_config.num_gpu_blocks_override is not None:
             return cache_config.num_gpu_blocks_override
-        budget = current_platform.kv_cache_budget_bytes(cache_config.gpu_memory_utilization)
+        budget = current_platform.kv_cache_budget_bytes(
+            cache_config.gpu_memory_utilization,
+            self.vllm_config.parallel_config.tensor_parallel_size)
         return budget // self.model_runner.kv_cache_bytes_per_block()
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
@@ -35,3 +42,18 @@ class Worker:
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)
+
+    # ---- tensor-parallel ranks --------------------------------------------------------
+    def init_distributed(self, world_size: int, master_addr: str, master_port: int,
+                         local_world_size: Optional[int] = None) -> None:
+        """Pin this rank's threads to its share of the cores, then join the process
+        group; call before load_model so the layers shard by this rank."""
+        bind_rank_threads(self.local_rank, local_world_size or world_size)
+        init_worker_distributed(self.rank, world_size, master_addr, master_port)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(param.shape)
+                for name, param in self.model_runner.model.named_parameters()}
+
+    def shutdown(self) -> None:
+        destroy_worker_distributed()
