@@ -103,6 +103,9 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=None)
+    parser.add_argument("--distributed-executor-backend", choices=["mp", "ray", "uni"],
+                        default=None)
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                         default=None, help="default: the engine's default")
 
@@ -171,7 +174,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     optional = {"tokenizer": args.tokenizer, "max_model_len": args.max_model_len,
                 "max_num_seqs": args.max_num_seqs,
                 "max_num_batched_tokens": args.max_num_batched_tokens,
-                "enable_prefix_caching": args.enable_prefix_caching}
+                "enable_prefix_caching": args.enable_prefix_caching,
+                "tensor_parallel_size": args.tensor_parallel_size,
+                "distributed_executor_backend": args.distributed_executor_backend}
     kwargs = {name: value for name, value in optional.items() if value is not None}
     kwargs.update(model=args.model, dtype=args.dtype, seed=args.seed,
                   trust_remote_code=args.trust_remote_code)
