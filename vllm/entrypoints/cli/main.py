@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from vllm.entrypoints.cli.serve import add_cli_args as _add_serve
+
 
 def _demo_model(args: argparse.Namespace) -> int:
     from vllm.demo_model import demo_model_path
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo_model(subparsers)
     _add_bench(subparsers)
+    _add_serve(subparsers)
     return parser
 
 

@@ -1,0 +1,305 @@
+"""AsyncLLM: streaming generation for the API server; the engine core runs in its own process."""
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional, Protocol
+
+from vllm.core.outputs import EngineCoreOutput, SchedulerStats
+from vllm.core.request import Request
+from vllm.engine.core_client import EngineCoreClient, EngineDeadError
+from vllm.engine.core_proc import EngineCoreOutputs, EngineCoreRequest, sampling_params_to_dict
+from vllm.engine.output_processor import OutputKind, OutputProcessor, ParentRequest
+from vllm.engine.processor import InvalidRequestError, Processor, PromptType
+from vllm.logger import init_logger
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import SamplingParams
+from vllm.transformers_utils.tokenizer import get_tokenizer
+
+logger = init_logger(__name__)
+
+
+class StatLogger(Protocol):
+    """Receives what the API server's metrics need; every method must be cheap."""
+
+    def record_scheduler_stats(self, stats: SchedulerStats) -> None: ...
+
+    def record_first_token(self, num_prompt_tokens: int, time_to_first_token: float) -> None: ...
+
+    def record_generation_tokens(self, num_tokens: int) -> None: ...
+
+    def record_finished(self, e2e_latency: float, time_per_output_token: Optional[float],
+                        finish_reason: str) -> None: ...
+
+
+@dataclass
+class _Timing:
+    arrival: float
+    num_prompt_tokens: int
+    first_token: Optional[float] = None
+    last_token: Optional[float] = None
+    num_tokens: int = 0
+
+
+class _RequestStream:
+
+    def __init__(self, child_ids: list[str]):
+        self.child_ids = child_ids
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+
+class AsyncLLM:
+    """Takes requests from many coroutines, streams RequestOutput deltas back to each.
+
+    One output-handler task routes engine-core outputs to per-request queues. A request whose
+    consumer stops iterating (cancellation, client disconnect) is aborted in the engine.
+    """
+
+    def __init__(self, vllm_config, tokenizer, client: EngineCoreClient,
+                 log_requests: bool = False, stat_logger: Optional[StatLogger] = None):
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.tokenizer = tokenizer
+        self.processor = Processor(self.model_config, tokenizer)
+        self.output_processor = OutputProcessor(tokenizer)
+        self.client = client
+        self.log_requests = log_requests
+        self.stat_logger = stat_logger
+        self.latest_stats = SchedulerStats()
+        self._streams: dict[str, _RequestStream] = {}
+        self._parent_of: dict[str, str] = {}
+        self._timings: dict[str, _Timing] = {}
+        self._output_task: Optional[asyncio.Task] = None
+        self._draining = False
+
+    @classmethod
+    async def from_engine_args(cls, engine_args, log_requests: bool = False,
+                               stat_logger: Optional[StatLogger] = None) -> "AsyncLLM":
+        """Resolve the config (ConfigError on bad values), then as from_vllm_config."""
+        return await cls.from_vllm_config(engine_args.create_engine_config(), log_requests,
+                                          stat_logger)
+
+    @classmethod
+    async def from_vllm_config(cls, vllm_config, log_requests: bool = False,
+                               stat_logger: Optional[StatLogger] = None) -> "AsyncLLM":
+        """Start the engine process and load the tokenizer meanwhile; EngineStartError if the
+        engine cannot start."""
+        client = EngineCoreClient(vllm_config)
+        client.start()
+        try:
+            model_config = vllm_config.model_config
+            tokenizer = await asyncio.to_thread(get_tokenizer, model_config.tokenizer,
+                                                model_config.trust_remote_code)
+            await client.wait_ready()
+        except BaseException:
+            client.shutdown()
+            raise
+        engine = cls(vllm_config, tokenizer, client, log_requests, stat_logger)
+        engine.start_output_handler()
+        return engine
+
+    def start_output_handler(self) -> None:
+        self._output_task = asyncio.get_running_loop().create_task(self._run_output_handler())
+        self.client.request_stats()  # so the first metrics show the idle engine
+
+    @property
+    def is_dead(self) -> bool:
+        return not self.client.is_alive
+
+    def check_health(self) -> None:
+        if self._draining:
+            raise EngineDeadError("the server is shutting down")
+        if self.client.dead_error is not None:
+            raise self.client.dead_error
+        if not self.client.process.is_alive():
+            raise EngineDeadError("the engine core process is not running")
+
+    # ---- requests ------------------------------------------------------------------------
+    def generate(self, prompt: PromptType, sampling_params: SamplingParams, request_id: str,
+                 kv_transfer_params: Optional[dict] = None) -> AsyncIterator[RequestOutput]:
+        """Add the request now (bad input raises here, before any streaming starts) and
+        return an iterator of RequestOutput deltas (new text and tokens only)."""
+        stream = self.add_request(request_id, prompt, sampling_params, kv_transfer_params)
+        return self._iterate(request_id, stream)
+
+    async def _iterate(self, request_id: str, stream: "_RequestStream"
+                       ) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    kv_transfer_params: Optional[dict] = None) -> _RequestStream:
+        self.check_health()
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        text, token_ids = self.processor.parse_prompt(prompt)
+        children = self._make_requests(request_id, token_ids, params, kv_transfer_params)
+        parent = ParentRequest(request_id, len(children)) if params.n > 1 else None
+        stream = _RequestStream([child.request_id for child in children])
+        for index, child in enumerate(children):
+            self.output_processor.add_request(child.request_id, text, token_ids,
+                                              child.sampling_params, OutputKind.DELTA,
+                                              parent, index)
+            self._parent_of[child.request_id] = request_id
+            self._timings[child.request_id] = _Timing(time.monotonic(), len(token_ids))
+            self.client.add_request(_to_engine_request(child))
+        self._streams[request_id] = stream
+        if self.log_requests:
+            logger.info("request %s: %d prompt tokens, %s", request_id, len(token_ids), params)
+        return stream
+
+    def _make_requests(self, request_id: str, token_ids: list[int], params: SamplingParams,
+                       kv_transfer_params: Optional[dict]) -> list[Request]:
+        make = self.processor.make_request
+        if params.n == 1:
+            return [make(request_id, token_ids, params, kv_transfer_params=kv_transfer_params)]
+        children = []
+        for index in range(params.n):
+            child_params = params.clone()
+            child_params.n = 1
+            if params.seed is not None:
+                child_params.seed = params.seed + index
+            children.append(make(f"{index}_{request_id}", token_ids, child_params,
+                                 kv_transfer_params=kv_transfer_params))
+        return children
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request wherever it is; unknown or finished ids are ignored."""
+        stream = self._forget(request_id)
+        if stream is None:
+            return
+        self.client.abort_requests(stream.child_ids)
+        self.output_processor.abort_requests(stream.child_ids)
+        if self.log_requests:
+            logger.info("request %s aborted", request_id)
+
+    def _forget(self, request_id: str) -> Optional[_RequestStream]:
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            for child_id in stream.child_ids:
+                self._parent_of.pop(child_id, None)
+                self._timings.pop(child_id, None)
+        return stream
+
+    # ---- outputs -------------------------------------------------------------------------
+    async def _run_output_handler(self) -> None:
+        while True:
+            try:
+                batch = await self.client.get_output()
+            except EngineDeadError as error:
+                self._fail_all(error)
+                return
+            try:
+                self._handle_outputs(batch)
+            except Exception as error:  # a bug must not take every other request down
+                logger.exception("failed to process engine outputs")
+                self._fail_batch(batch, error)
+
+    def _handle_outputs(self, batch: EngineCoreOutputs) -> None:
+        if batch.scheduler_stats is not None:
+            self.latest_stats = batch.scheduler_stats
+            if self.stat_logger is not None:
+                self.stat_logger.record_scheduler_stats(batch.scheduler_stats)
+        for child_id, message in batch.rejected.items():
+            self._fail_request(child_id, InvalidRequestError(message))
+        self._record_tokens(batch.outputs)
+        request_outputs, stopped = self.output_processor.process_outputs(batch.outputs)
+        if stopped:
+            self.client.abort_requests(stopped)
+        finished = {o.request_id: o.finish_reason for o in batch.outputs if o.finished}
+        finished.update((child_id, "stop") for child_id in stopped)
+        self._record_finished(finished)
+        for output in request_outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            stream.queue.put_nowait(output)
+            if output.finished:
+                self._forget(output.request_id)
+
+    def _record_tokens(self, outputs: list[EngineCoreOutput]) -> None:
+        now = time.monotonic()
+        for output in outputs:
+            timing = self._timings.get(output.request_id)
+            if timing is None or not output.new_token_ids:
+                continue
+            if timing.first_token is None:
+                timing.first_token = now
+                if self.stat_logger is not None:
+                    self.stat_logger.record_first_token(timing.num_prompt_tokens,
+                                                        now - timing.arrival)
+            timing.last_token = now
+            timing.num_tokens += len(output.new_token_ids)
+            if self.stat_logger is not None:
+                self.stat_logger.record_generation_tokens(len(output.new_token_ids))
+
+    def _record_finished(self, finished: dict[str, str]) -> None:
+        if self.stat_logger is None:
+            return
+        now = time.monotonic()
+        for child_id, reason in finished.items():
+            timing = self._timings.get(child_id)
+            if timing is None:
+                continue
+            per_token = None
+            if timing.num_tokens > 1:
+                per_token = (timing.last_token - timing.first_token) / (timing.num_tokens - 1)
+            self.stat_logger.record_finished(now - timing.arrival, per_token, reason)
+
+    def _fail_request(self, child_id: str, error: BaseException) -> None:
+        parent_id = self._parent_of.get(child_id)
+        stream = self._streams.get(parent_id) if parent_id is not None else None
+        if stream is None:
+            return
+        self.abort(parent_id)
+        stream.queue.put_nowait(error)
+
+    def _fail_batch(self, batch: EngineCoreOutputs, error: Exception) -> None:
+        for output in batch.outputs:
+            self._fail_request(output.request_id, RuntimeError(
+                f"internal error while processing outputs: {error}"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request_id in list(self._streams):
+            stream = self._forget(request_id)
+            self.output_processor.abort_requests(stream.child_ids)
+            stream.queue.put_nowait(error)
+
+    # ---- misc ----------------------------------------------------------------------------
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new requests, give running ones `timeout` seconds, then fail the rest (so
+        their streams end with an error event instead of a cut connection)."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self._streams:
+            logger.info("aborting %d requests still running at shutdown", len(self._streams))
+            self._fail_all(EngineDeadError("the server is shutting down"))
+
+    async def shutdown(self) -> None:
+        """Fail what is still running, stop the output handler and the engine process."""
+        self._fail_all(EngineDeadError("the server is shutting down"))
+        if self._output_task is not None:
+            self._output_task.cancel()
+            await asyncio.gather(self._output_task, return_exceptions=True)
+        self.client.shutdown()
+
+
+def _to_engine_request(request: Request) -> EngineCoreRequest:
+    return EngineCoreRequest(
+        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+        sampling_params=sampling_params_to_dict(request.sampling_params),
+        eos_token_id=request.eos_token_id, arrival_time=request.arrival_time,
+        kv_transfer_params=request.kv_transfer_params)

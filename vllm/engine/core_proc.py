@@ -1,0 +1,234 @@
+"""The engine-core process: EngineCore's busy loop behind two ZMQ sockets.
+
+Wire protocol (every message is two frames: a one-byte tag, then a msgspec-msgpack payload):
+
+  API server -> engine (PUSH -> PULL, "input")
+    ADD       EngineCoreRequest     SamplingParams travel as a dict of their fields
+    ABORT     list[str]             request ids
+    STATS     (empty)               publish SchedulerStats now
+    SHUTDOWN  (empty)               leave the loop, free everything, exit 0
+  engine -> API server (PUSH -> PULL, "output")
+    READY     EngineReady           once, after the model and KV cache are set up
+    FAILED    EngineFailure         instead of READY when start-up fails, then exit
+    OUTPUTS   EngineCoreOutputs     after every step (and after idle bookkeeping)
+    DEAD      EngineFailure         the busy loop crashed, then exit
+"""
+import dataclasses
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+import msgspec
+import zmq
+
+from vllm.core.outputs import EngineCoreOutput, SchedulerStats
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+IDLE_POLL_MS = 1000
+
+
+class MessageTag:
+    ADD = b"A"
+    ABORT = b"X"
+    STATS = b"S"
+    SHUTDOWN = b"Q"
+    READY = b"R"
+    FAILED = b"F"
+    OUTPUTS = b"O"
+    DEAD = b"D"
+
+
+class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: dict[str, Any]
+    eos_token_id: Optional[int]
+    arrival_time: float
+    kv_transfer_params: Optional[dict[str, Any]] = None
+
+
+class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
+    outputs: list[EngineCoreOutput] = []
+    scheduler_stats: Optional[SchedulerStats] = None
+    # request id -> why the engine core refused it (it never ran).
+    rejected: dict[str, str] = {}
+    timestamp: float = 0.0
+
+
+class EngineReady(msgspec.Struct):
+    pid: int
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+
+
+class EngineFailure(msgspec.Struct):
+    message: str
+    # True when the cause is the user's configuration (ValueError, missing file).
+    is_config_error: bool = False
+    traceback: str = ""
+
+
+def sampling_params_to_dict(params) -> dict[str, Any]:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+def sampling_params_from_dict(fields: dict[str, Any]):
+    from vllm.sampling_params import SamplingParams
+    return SamplingParams(**fields)
+
+
+class _ShutdownRequested(BaseException):
+    pass
+
+
+def _raise_shutdown(signum, frame) -> None:
+    raise _ShutdownRequested()
+
+
+class EngineCoreProc:
+    """Owns the EngineCore and its sockets inside the engine process."""
+
+    def __init__(self, input_address: str, output_address: str, parent_pid: int):
+        self.parent_pid = parent_pid
+        self.context = zmq.Context()
+        self.input_socket = self.context.socket(zmq.PULL)
+        self.input_socket.connect(input_address)
+        self.output_socket = self.context.socket(zmq.PUSH)
+        self.output_socket.connect(output_address)
+        self.encoder = msgspec.msgpack.Encoder()
+        self.request_decoder = msgspec.msgpack.Decoder(EngineCoreRequest)
+        self.abort_decoder = msgspec.msgpack.Decoder(list[str])
+        self.engine_core = None
+        self.should_exit = False
+
+    def send(self, tag: bytes, payload: Any = None) -> None:
+        body = b"" if payload is None else self.encoder.encode(payload)
+        self.output_socket.send_multipart((tag, body), copy=False)
+
+    def start_engine(self, vllm_config, executor_cls=None) -> None:
+        from vllm.engine.core import EngineCore
+        self.engine_core = EngineCore(vllm_config, executor_cls)
+        cache_config = vllm_config.cache_config
+        self.send(MessageTag.READY, EngineReady(
+            pid=os.getpid(), num_blocks=cache_config.num_blocks,
+            block_size=cache_config.block_size,
+            max_model_len=vllm_config.model_config.max_model_len))
+
+    def run_busy_loop(self) -> None:
+        """schedule -> execute -> update while there is work; block on input when idle."""
+        core = self.engine_core
+        while not self.should_exit:
+            has_work = core.has_unfinished_requests()
+            rejected, handled = self._process_input(block=not has_work)
+            if self.should_exit:
+                return
+            if core.has_unfinished_requests():
+                self._publish(core.step(), rejected)
+            elif handled:
+                self._publish([], rejected)
+
+    def _process_input(self, block: bool) -> tuple[dict[str, str], bool]:
+        if block:
+            self._wait_for_input()
+        rejected: dict[str, str] = {}
+        handled = False
+        while not self.should_exit:
+            try:
+                tag, body = self.input_socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handled = True
+            self._handle_message(tag, body, rejected)
+        return rejected, handled
+
+    def _wait_for_input(self) -> None:
+        while not self.input_socket.poll(IDLE_POLL_MS):
+            self._check_parent_alive()
+            if self.should_exit:
+                return
+
+    def _check_parent_alive(self) -> None:
+        if os.getppid() != self.parent_pid:
+            logger.warning("the API server process is gone; engine core exits")
+            self.should_exit = True
+
+    def _handle_message(self, tag: bytes, body: bytes, rejected: dict[str, str]) -> None:
+        if tag == MessageTag.ADD:
+            self._add_request(self.request_decoder.decode(body), rejected)
+        elif tag == MessageTag.ABORT:
+            self.engine_core.abort_requests(self.abort_decoder.decode(body))
+        elif tag == MessageTag.SHUTDOWN:
+            self.should_exit = True
+        elif tag != MessageTag.STATS:
+            logger.error("engine core ignores a message with unknown tag %r", tag)
+
+    def _add_request(self, message: EngineCoreRequest, rejected: dict[str, str]) -> None:
+        from vllm.core.request import Request
+        try:
+            params = sampling_params_from_dict(message.sampling_params)
+            request = Request(message.request_id, message.prompt_token_ids, params,
+                              message.eos_token_id, message.arrival_time,
+                              message.kv_transfer_params)
+            self.engine_core.add_request(request)
+        except ValueError as error:
+            rejected[message.request_id] = str(error)
+
+    def _publish(self, outputs: list[EngineCoreOutput], rejected: dict[str, str]) -> None:
+        self.send(MessageTag.OUTPUTS, EngineCoreOutputs(
+            outputs=outputs, scheduler_stats=self.engine_core.get_stats(),
+            rejected=rejected, timestamp=time.time()))
+
+    def close(self) -> None:
+        if self.engine_core is not None:
+            try:
+                self.engine_core.shutdown()
+            except Exception:
+                logger.exception("engine core shutdown failed")
+        self.output_socket.close(linger=1000)
+        self.input_socket.close(linger=0)
+        self.context.term()
+
+
+def run_engine_core(vllm_config, input_address: str, output_address: str, parent_pid: int,
+                    executor_cls=None) -> None:
+    """Entry point of the engine process (started with multiprocessing 'spawn')."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API server decides when we stop
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    proc = EngineCoreProc(input_address, output_address, parent_pid)
+    exit_code = 0
+    try:
+        exit_code = _start_and_run(proc, vllm_config, executor_cls)
+    except _ShutdownRequested:
+        logger.info("engine core received SIGTERM; shutting down")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        proc.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(exit_code)
+
+
+def _start_and_run(proc: EngineCoreProc, vllm_config, executor_cls) -> int:
+    try:
+        proc.start_engine(vllm_config, executor_cls)
+    except Exception as error:
+        is_config = isinstance(error, (ValueError, FileNotFoundError))
+        proc.send(MessageTag.FAILED, EngineFailure(
+            f"{type(error).__name__}: {error}", is_config, traceback.format_exc()))
+        return 1
+    try:
+        proc.run_busy_loop()
+    except _ShutdownRequested:
+        raise
+    except Exception as error:
+        logger.exception("engine core crashed")
+        proc.send(MessageTag.DEAD, EngineFailure(
+            f"{type(error).__name__}: {error}", False, traceback.format_exc()))
+        return 1
+    return 0

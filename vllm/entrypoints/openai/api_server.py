@@ -1,0 +1,166 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes on uvicorn, the engine core in a child
+process. Start-up binds the port first (a taken port fails at once), then starts the engine."""
+import argparse
+import hmac
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from vllm.engine.async_llm import AsyncLLM
+from vllm.entrypoints.openai.errors import OpenAIError, install_error_handlers, parse_body
+from vllm.entrypoints.openai.metrics import ServerMetrics
+from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
+                                              ModelCard, ModelList)
+from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
+from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from vllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from vllm.logger import init_logger
+from vllm.version import __version__
+
+logger = init_logger(__name__)
+
+GRACEFUL_SHUTDOWN_S = 5
+
+
+@dataclass
+class ServerState:
+    engine: AsyncLLM
+    served_model_names: list[str]
+    metrics: ServerMetrics
+    api_key: Optional[str] = None
+
+
+def build_app(state: ServerState) -> FastAPI:
+    """The FastAPI app over a started engine; the app's shutdown stops the engine."""
+
+    async def lifespan(app: FastAPI):
+        yield
+        await state.engine.shutdown()
+
+    app = FastAPI(title="vLLM-compatible API server", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    if state.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
+    completion = OpenAIServingCompletion(state.engine, state.served_model_names)
+    chat = OpenAIServingChat(state.engine, state.served_model_names)
+    tokenization = OpenAIServingTokenization(state.engine, state.served_model_names)
+
+    @app.post("/v1/completions")
+    async def create_completion(raw_request: Request):
+        request = parse_body(await raw_request.body(), CompletionRequest)
+        return await completion.create_completion(request, raw_request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(raw_request: Request):
+        request = parse_body(await raw_request.body(), ChatCompletionRequest)
+        return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/tokenize")
+    async def tokenize(raw_request: Request):
+        return tokenization.tokenize(await raw_request.body()).model_dump()
+
+    @app.post("/detokenize")
+    async def detokenize(raw_request: Request):
+        return tokenization.detokenize(await raw_request.body()).model_dump()
+
+    _add_info_routes(app, state)
+    return app
+
+
+def _add_info_routes(app: FastAPI, state: ServerState) -> None:
+    model_config = state.engine.model_config
+
+    @app.get("/health")
+    async def health():
+        state.engine.check_health()
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models():
+        cards = [ModelCard(id=name, root=model_config.model,
+                           max_model_len=model_config.max_model_len)
+                 for name in state.served_model_names]
+        return ModelList(data=cards).model_dump()
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+class ApiKeyMiddleware:
+    """Plain ASGI middleware: /v1 routes need 'Authorization: Bearer <api key>'."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["method"] == "OPTIONS"
+                or not scope["path"].startswith("/v1")):
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        error = OpenAIError("Incorrect or missing API key (expected 'Authorization: Bearer "
+                            "<key>')", 401, code="invalid_api_key")
+        await error.to_response()(scope, receive, send)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but shutdown first lets requests finish for a while, then aborts them."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLM):
+        super().__init__(config)
+        self.engine = engine
+
+    async def shutdown(self, sockets=None) -> None:
+        await self.engine.drain(GRACEFUL_SHUTDOWN_S)
+        await super().shutdown(sockets)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Reserve the port now; uvicorn listens on it once the engine is ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot bind {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt()
+
+
+async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket) -> None:
+    """Serve on the bound `sock` until SIGINT / SIGTERM; the engine process is always stopped
+    on the way out."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    names = args.served_model_name or [vllm_config.model_config.served_model_name]
+    metrics = ServerMetrics(names[0])
+    engine = None
+    try:
+        engine = await AsyncLLM.from_vllm_config(
+            vllm_config, log_requests=not args.disable_log_requests, stat_logger=metrics)
+        app = build_app(ServerState(engine, names, metrics, args.api_key))
+        config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
+                                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+        logger.info("serving %s on http://%s:%d", ", ".join(names), args.host, args.port)
+        await _DrainingServer(config, engine).serve(sockets=[sock])
+    finally:
+        if engine is not None:
+            await engine.shutdown()
+        sock.close()
