@@ -73,3 +73,30 @@ def test_engine_that_cannot_start_ends_start_up_with_one_line():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("vllm serve: error: the engine core failed to start")
     assert "max_model_len=1024" in last
+
+
+def test_dead_tensor_parallel_rank_fails_health_while_idle(demo_model_dir):
+    import psutil
+    remote = RemoteServer([demo_model_dir, "--tensor-parallel-size", "3", "--max-model-len",
+                           "256", "--served-model-name", "demo",
+                           "--uvicorn-log-level", "warning"])
+    try:
+        server = remote.wait_ready()
+        ok = requests.post(server.url_for("/v1/completions"), timeout=120,
+                           json={"prompt": "Hi", "max_tokens": 2})
+        assert ok.status_code == 200, ok.text
+        ranks = psutil.Process(server.engine_pid()).children()
+        assert len(ranks) >= 3
+        os.kill(ranks[-1].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while requests.get(server.url_for("/health"), timeout=10).status_code == 200:
+            assert time.monotonic() < deadline, "a dead rank went unnoticed"
+            time.sleep(0.5)
+        failed = requests.post(server.url_for("/v1/completions"), timeout=30,
+                               json={"prompt": "Hi", "max_tokens": 2})
+        assert failed.status_code == 503
+        assert "rank" in failed.json()["error"]["message"]
+        assert server.stop(signal.SIGTERM) == 0, server.read_log()
+        assert server.leftover_pids() == []
+    finally:
+        remote.close()

@@ -106,6 +106,7 @@ class EngineCoreProc:
         self.abort_decoder = msgspec.msgpack.Decoder(list[str])
         self.engine_core = None
         self.should_exit = False
+        self.rank_failure: Optional[str] = None
 
     def send(self, tag: bytes, payload: Any = None) -> None:
         body = b"" if payload is None else self.encoder.encode(payload)
@@ -114,16 +115,27 @@ class EngineCoreProc:
     def start_engine(self, vllm_config, executor_cls=None) -> None:
         from vllm.engine.core import EngineCore
         self.engine_core = EngineCore(vllm_config, executor_cls)
+        register = getattr(self.engine_core.executor, "register_failure_callback", None)
+        if register is not None:  # multi-rank executors watch their workers
+            register(self._on_rank_failure)
         cache_config = vllm_config.cache_config
         self.send(MessageTag.READY, EngineReady(
             pid=os.getpid(), num_blocks=cache_config.num_blocks,
             block_size=cache_config.block_size,
             max_model_len=vllm_config.model_config.max_model_len))
 
+    def _on_rank_failure(self, error_line: str) -> None:
+        self.rank_failure = error_line  # called from the executor's monitor thread
+
+    def _raise_if_rank_failed(self) -> None:
+        if self.rank_failure is not None:
+            raise RuntimeError(f"a worker rank died: {self.rank_failure}")
+
     def run_busy_loop(self) -> None:
         """schedule -> execute -> update while there is work; block on input when idle."""
         core = self.engine_core
         while not self.should_exit:
+            self._raise_if_rank_failed()
             has_work = core.has_unfinished_requests()
             rejected, handled = self._process_input(block=not has_work)
             if self.should_exit:
@@ -150,6 +162,7 @@ class EngineCoreProc:
     def _wait_for_input(self) -> None:
         while not self.input_socket.poll(IDLE_POLL_MS):
             self._check_parent_alive()
+            self._raise_if_rank_failed()
             if self.should_exit:
                 return
 
