@@ -158,18 +158,8 @@ class AsyncLLM:
 
     def _make_requests(self, request_id: str, token_ids: list[int], params: SamplingParams,
                        kv_transfer_params: Optional[dict]) -> list[Request]:
-        make = self.processor.make_request
-        if params.n == 1:
-            return [make(request_id, token_ids, params, kv_transfer_params=kv_transfer_params)]
-        children = []
-        for index in range(params.n):
-            child_params = params.clone()
-            child_params.n = 1
-            if params.seed is not None:
-                child_params.seed = params.seed + index
-            children.append(make(f"{index}_{request_id}", token_ids, child_params,
-                                 kv_transfer_params=kv_transfer_params))
-        return children
+        return self.processor.make_requests(request_id, token_ids, params,
+                                            kv_transfer_params)
 
     def abort(self, request_id: str) -> None:
         """Stop a request wherever it is; unknown or finished ids are ignored."""

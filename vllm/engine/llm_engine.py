@@ -30,7 +30,7 @@ class LLMEngine:
         prepared = []
         for request_id, prompt, sampling_params in zip(request_ids, prompts, params):
             text, token_ids = self.processor.parse_prompt(prompt)
-            children = self._fan_out(request_id, token_ids, sampling_params)
+            children = self.processor.make_requests(request_id, token_ids, sampling_params)
             prepared.append((request_id, text, token_ids, sampling_params, children))
         for request_id, text, token_ids, sampling_params, children in prepared:
             parent = ParentRequest(request_id, len(children)) if sampling_params.n > 1 else None
@@ -40,19 +40,6 @@ class LLMEngine:
                                                   parent, index)
                 self.engine_core.add_request(request)
             self._children[request_id] = [r.request_id for r in children]
-
-    def _fan_out(self, request_id: str, token_ids: list[int], params: SamplingParams):
-        if params.n == 1:
-            return [self.processor.make_request(request_id, token_ids, params)]
-        children = []
-        for index in range(params.n):
-            child_params = params.clone()
-            child_params.n = 1
-            if params.seed is not None:
-                child_params.seed = params.seed + index
-            children.append(self.processor.make_request(f"{index}_{request_id}", token_ids,
-                                                        child_params))
-        return children
 
     def abort_request(self, request_ids: list[str]) -> None:
         child_ids = list(itertools.chain.from_iterable(

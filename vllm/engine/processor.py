@@ -67,3 +67,21 @@ class Processor:
             raise InvalidRequestError(f"logprobs={params.logprobs} exceeds the vocabulary size")
         return Request(request_id, prompt_token_ids, params, self.eos_token_id,
                        arrival_time, kv_transfer_params)
+
+    def make_requests(self, request_id: str, prompt_token_ids: list[int],
+                      params: SamplingParams, kv_transfer_params: Optional[dict] = None
+                      ) -> list[Request]:
+        """One request, or n children "{i}_{request_id}" seeded seed + i for n > 1."""
+        if params.n == 1:
+            return [self.make_request(request_id, prompt_token_ids, params,
+                                      kv_transfer_params=kv_transfer_params)]
+        children = []
+        for index in range(params.n):
+            child_params = params.clone()
+            child_params.n = 1
+            if params.seed is not None:
+                child_params.seed = params.seed + index
+            children.append(self.make_request(f"{index}_{request_id}", prompt_token_ids,
+                                              child_params,
+                                              kv_transfer_params=kv_transfer_params))
+        return children
