@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from vllm.platforms.cpu import GiB, CpuPlatform
+
+
+def test_kv_cache_space_env_sets_the_budget(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1.5")
+    platform = CpuPlatform()
+    assert platform.kv_cache_budget_bytes(None) == int(1.5 * GiB)
+    assert platform.kv_cache_budget_bytes(0.9) == int(1.5 * GiB)  # the env var wins
+    assert platform.kv_cache_budget_bytes(None, ranks_on_host=3) == int(1.5 * GiB) // 3
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-2"])
+def test_bad_kv_cache_space_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", value)
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE"):
+        CpuPlatform().kv_cache_budget_bytes(None)
+
+
+def test_default_and_utilization_budgets(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    platform = CpuPlatform()
+    default = platform.kv_cache_budget_bytes(None)
+    assert 0 < default <= 4 * GiB
+    assert platform.kv_cache_budget_bytes(0.01) < platform.kv_cache_budget_bytes(0.5)
+
+
+def test_cpu_defaults():
+    platform = CpuPlatform()
+    assert platform.default_dtype() == torch.float32
+    assert platform.dist_backend == "gloo"
+    assert platform.get_attn_backend_cls().name == "CPU_ATTN"
+
+
+def test_engine_uses_the_budget(monkeypatch, demo_model_dir):
+    from vllm import LLM
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "0.25")
+    llm = LLM(demo_model_dir, max_model_len=256)
+    manager = llm.llm_engine.engine_core.kv_cache_manager
+    bytes_per_block = 30 * 2 * 16 * 3 * 64 * 4  # layers, K+V, block, kv heads, dims, fp32
+    assert manager.num_blocks == int(0.25 * GiB) // bytes_per_block
