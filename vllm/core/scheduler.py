@@ -1,6 +1,6 @@
 """Token-budget scheduler with no phases: chunked prefill, decode and prefix hits alike."""
 from collections import deque
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple
 
 from vllm.config import VllmConfig
 from vllm.core.kv_cache_manager import KVCacheManager
@@ -9,6 +9,11 @@ from vllm.core.request import Request, RequestStatus
 from vllm.core.sched_output import (CachedRequestData, ModelRunnerOutput, NewRequestData,
                                     SchedulerOutput)
 from vllm.core.stop import check_stop
+
+
+class _Allocation(NamedTuple):
+    blocks: list
+    preempted: bool
 
 
 class Scheduler:
@@ -189,10 +194,3 @@ class Scheduler:
         self._seen_by_workers.discard(request.request_id)
         del self.requests[request.request_id]
 
-
-class _Allocation:
-    __slots__ = ("blocks", "preempted")
-
-    def __init__(self, blocks, preempted: bool):
-        self.blocks = blocks
-        self.preempted = preempted
