@@ -10,6 +10,7 @@ import torch
 class ForwardContext:
     attn_metadata: Any
     kv_caches: dict[str, torch.Tensor]
+    kv_connector: Any = None  # worker half of the KV connector, told as each layer's KV lands
 
 
 _current: Optional[ForwardContext] = None
@@ -20,10 +21,11 @@ def get_forward_context() -> Optional[ForwardContext]:
 
 
 @contextmanager
-def set_forward_context(attn_metadata: Any, kv_caches: dict[str, torch.Tensor]):
+def set_forward_context(attn_metadata: Any, kv_caches: dict[str, torch.Tensor],
+                        kv_connector: Any = None):
     global _current
     previous = _current
-    _current = ForwardContext(attn_metadata, kv_caches)
+    _current = ForwardContext(attn_metadata, kv_caches, kv_connector)
     try:
         yield _current
     finally:

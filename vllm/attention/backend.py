@@ -55,3 +55,18 @@ class AttentionBackend(ABC):
     def build_metadata(common: CommonAttentionMetadata):
         """Turn the common description into this backend's metadata."""
         return common
+
+    # KV transfer between instances. The defaults serve the (2, num_blocks, block_size,
+    # KVH, D) layout; backends with another layout override both.
+    @staticmethod
+    def gather_kv(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Keys and values of the given cache slots: (2, n, KVH, D), a copy."""
+        flat = kv_cache.flatten(1, 2)  # (2, num_slots, KVH, D), a view
+        return flat.index_select(1, slots)
+
+    @staticmethod
+    def scatter_kv(kv_cache: torch.Tensor, slots: torch.Tensor, head_start: int,
+                   kv: torch.Tensor) -> None:
+        """Write kv (2, n, h, D) into heads [head_start, head_start + h) of the slots."""
+        flat = kv_cache.flatten(1, 2)  # (2, num_slots, KVH, D), a view
+        flat[:, slots, head_start:head_start + kv.shape[2]] = kv

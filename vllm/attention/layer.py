@@ -39,6 +39,8 @@ class Attention(nn.Module):
         else:
             kv_cache = ctx.kv_caches.get(self.layer_name)
             out = self.impl.forward(q, k, v, kv_cache, ctx.attn_metadata)
+            if ctx.kv_connector is not None:
+                ctx.kv_connector.save_kv_layer(self.layer_name, kv_cache)
         return out.reshape(num_tokens, self.num_heads * self.head_size)
 
 

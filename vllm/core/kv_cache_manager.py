@@ -48,9 +48,11 @@ class KVCacheManager:
         return hits, len(hits) * self.block_size
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
-                       computed_blocks: Optional[list[KVCacheBlock]] = None
-                       ) -> Optional[list[KVCacheBlock]]:
-        """Reserve blocks for num_new_tokens more tokens; None if they do not fit."""
+                       computed_blocks: Optional[list[KVCacheBlock]] = None,
+                       cache: bool = True) -> Optional[list[KVCacheBlock]]:
+        """Reserve blocks for num_new_tokens more tokens; None if they do not fit.
+        cache=False keeps the new blocks out of the prefix cache until
+        cache_computed_blocks (their KV is still on its way from another instance)."""
         computed_blocks = computed_blocks or []
         owned = self.req_to_blocks.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(computed_blocks) * self.block_size
@@ -65,8 +67,12 @@ class KVCacheManager:
         owned.extend(computed_blocks)
         new_blocks = self.block_pool.get_new_blocks(max(num_new_blocks, 0))
         owned.extend(new_blocks)
-        self._cache_full_blocks(request, total_tokens)
+        if cache:
+            self._cache_full_blocks(request, total_tokens)
         return new_blocks
+
+    def cache_computed_blocks(self, request: Request, num_tokens: int) -> None:
+        self._cache_full_blocks(request, num_tokens)
 
     def free(self, request: Request) -> None:
         blocks = self.req_to_blocks.pop(request.request_id, [])

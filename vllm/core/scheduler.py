@@ -1,4 +1,5 @@
 """Token-budget scheduler with no phases: chunked prefill, decode and prefix hits alike."""
+import enum
 from collections import deque
 from typing import Iterable, NamedTuple
 
@@ -9,6 +10,15 @@ from vllm.core.request import Request, RequestStatus
 from vllm.core.sched_output import (CachedRequestData, ModelRunnerOutput, NewRequestData,
                                     SchedulerOutput)
 from vllm.core.stop import check_stop
+from vllm.logger import init_logger
+
+logger = init_logger(__name__)
+
+
+class _Remote(enum.Enum):
+    LOCAL = enum.auto()  # compute the prompt here
+    PARKED = enum.auto()  # blocks reserved, waiting for remote KV
+    NO_ROOM = enum.auto()  # remote KV wanted, but its blocks do not fit yet
 
 
 class _Allocation(NamedTuple):
@@ -33,6 +43,16 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()
         self._seen_by_workers: set[str] = set()
         self.num_preemptions = 0
+        # KV transfer: consumers waiting for remote KV (no batch slot), producers' finished
+        # requests whose blocks stay until the consumer has them.
+        self.waiting_for_remote: dict[str, Request] = {}
+        self.held: dict[str, Request] = {}
+        self.kv_load_failure_policy = "recompute"
+        if connector is not None:
+            connector.bind_block_lookup(kv_cache_manager.get_block_ids)
+            self.kv_load_failure_policy = vllm_config.kv_transfer_config.kv_load_failure_policy
+        self.failed: dict[str, str] = {}  # request id -> why it failed (reported once)
+        self._pending_outputs: list[EngineCoreOutput] = []
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -48,19 +68,79 @@ class Scheduler:
                 continue
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
+            elif request.status == RequestStatus.WAITING_FOR_REMOTE_KVS:
+                del self.waiting_for_remote[request_id]
             else:
                 self.waiting.remove(request)
             request.status = status
             self._free_request(request)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.waiting_for_remote)
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + len(self.waiting_for_remote)
+
+    def has_work(self) -> bool:
+        """Something to schedule, to report, or to tell the workers."""
+        connector_busy = self.connector is not None and self.connector.has_pending_work()
+        return bool(self.waiting or self.running or self._pending_outputs or connector_busy)
+
+    def take_pending_outputs(self) -> list[EngineCoreOutput]:
+        outputs, self._pending_outputs = self._pending_outputs, []
+        return outputs
+
+    # ---- KV connector events -------------------------------------------------------------
+    def poll_connector(self) -> None:
+        if self.connector is None:
+            return
+        events = self.connector.poll()
+        for request_id in events.loaded:
+            self._remote_kv_loaded(request_id)
+        for request_id, reason in events.failed:
+            self._remote_kv_failed(request_id, reason)
+        for request_id in events.release:
+            request = self.held.pop(request_id, None)
+            if request is not None:
+                self.kv_cache_manager.free(request)
+        self._abort_with_output(events.abort)
+
+    def _remote_kv_loaded(self, request_id: str) -> None:
+        request = self.waiting_for_remote.pop(request_id, None)
+        if request is None:
+            return
+        request.num_computed_tokens = request.num_prompt_tokens - 1
+        request.num_cached_tokens = request.num_computed_tokens
+        self.kv_cache_manager.cache_computed_blocks(request, request.num_computed_tokens)
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+
+    def _remote_kv_failed(self, request_id: str, reason: str) -> None:
+        request = self.waiting_for_remote.pop(request_id, None)
+        if request is None:
+            return
+        if self.kv_load_failure_policy == "fail":
+            self.failed[request_id] = f"KV transfer failed: {reason}"
+            request.status = RequestStatus.FINISHED_ABORTED
+            self._free_request(request)
+            self._pending_outputs.append(EngineCoreOutput(request_id, [], finish_reason="abort"))
+            return
+        logger.info("request %s: %s; recomputing its prompt locally", request_id, reason)
+        self.kv_cache_manager.free(request)
+        request.kv_transfer_params = {**request.kv_transfer_params, "do_remote_prefill": False}
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+
+    def _abort_with_output(self, request_ids: list[str]) -> None:
+        live = [r for r in request_ids if r in self.requests]
+        self.finish_requests(live, RequestStatus.FINISHED_ABORTED)
+        self._pending_outputs.extend(EngineCoreOutput(r, [], finish_reason="abort")
+                                     for r in live)
 
     # ---- one step ------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
+        self.poll_connector()
         budget = self.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
         new_reqs: list[NewRequestData] = []
@@ -128,7 +208,16 @@ class Scheduler:
     def _schedule_waiting(self, budget, num_scheduled, new_reqs, cached_reqs) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
+            if request.num_computed_tokens > 0:  # its KV arrived from a remote prefill
+                computed_blocks, num_hit_tokens = [], request.num_computed_tokens
+            else:
+                computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(
+                    request)
+                remote = self._wait_for_remote_kv(request, computed_blocks, num_hit_tokens)
+                if remote == _Remote.PARKED:
+                    continue
+                if remote == _Remote.NO_ROOM:
+                    break
             num_new = request.num_tokens - num_hit_tokens
             if not self.enable_chunked_prefill and num_new > budget:
                 break
@@ -157,6 +246,27 @@ class Scheduler:
                     block_ids, num_hit_tokens, list(request.output_token_ids)))
         return budget
 
+    def _wait_for_remote_kv(self, request: Request, computed_blocks, num_hit_tokens: int
+                            ) -> "_Remote":
+        """Reserve the prompt's blocks and park the request until its KV arrives."""
+        if self.connector is None:
+            return _Remote.LOCAL
+        num_external, is_async = self.connector.get_num_new_matched_tokens(request,
+                                                                           num_hit_tokens)
+        if num_external == 0 or not is_async:
+            return _Remote.LOCAL
+        num_new = request.num_tokens - num_hit_tokens
+        blocks = self.kv_cache_manager.allocate_slots(request, num_new, computed_blocks,
+                                                      cache=False)
+        if blocks is None:
+            return _Remote.NO_ROOM
+        self.waiting.popleft()
+        request.status = RequestStatus.WAITING_FOR_REMOTE_KVS
+        self.waiting_for_remote[request.request_id] = request
+        self.connector.update_state_after_alloc(
+            request, self.kv_cache_manager.get_block_ids(request.request_id), num_external)
+        return _Remote.PARKED
+
     def _cached_data(self, request: Request, new_blocks) -> CachedRequestData:
         return CachedRequestData(request.request_id, False,
                                  [block.block_id for block in new_blocks],
@@ -174,23 +284,32 @@ class Scheduler:
                 continue
             request.append_output_token_ids(token_ids)
             stopped = check_stop(request, self.max_model_len)
+            kv_transfer_params = None
             if stopped:
                 self.running.remove(request)
-                self._free_request(request)
+                kv_transfer_params = self._free_request(request)
             outputs.append(EngineCoreOutput(
                 request_id=request_id, new_token_ids=token_ids,
                 new_logprobs=[logprobs[index]] if logprobs and logprobs[index] else None,
                 finish_reason=request.get_finished_reason() if stopped else None,
                 stop_reason=request.stop_reason,
-                num_cached_tokens=max(request.num_cached_tokens, 0)))
+                num_cached_tokens=max(request.num_cached_tokens, 0),
+                kv_transfer_params=kv_transfer_params))
         return outputs
 
-    def _free_request(self, request: Request) -> None:
+    def _free_request(self, request: Request):
+        """Forget a finished request; its blocks stay held while a consumer needs them.
+        Returns the kv_transfer_params for its response."""
+        delay_free, kv_transfer_params = False, None
         if self.connector is not None:
-            self.connector.request_finished(request, self.kv_cache_manager.get_block_ids(
-                request.request_id))
-        self.kv_cache_manager.free(request)
+            delay_free, kv_transfer_params = self.connector.request_finished(
+                request, self.kv_cache_manager.get_block_ids(request.request_id))
+        if delay_free:
+            self.held[request.request_id] = request
+        else:
+            self.kv_cache_manager.free(request)
         self.finished_req_ids.add(request.request_id)
         self._seen_by_workers.discard(request.request_id)
         del self.requests[request.request_id]
+        return kv_transfer_params
 

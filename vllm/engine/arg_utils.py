@@ -68,7 +68,8 @@ class EngineArgs:
         parallel_config = ParallelConfig(self.tensor_parallel_size,
                                          self.distributed_executor_backend)
         return VllmConfig(model_config, cache_config, scheduler_config, parallel_config,
-                          self.kv_transfer_config, dict(self.additional_config or {}))
+                          _kv_transfer_config(self.kv_transfer_config),
+                          dict(self.additional_config or {}))
 
     def _validate_scalars(self) -> None:
         _positive("max_num_seqs", self.max_num_seqs)
@@ -136,3 +137,16 @@ def _resolve_max_model_len(hf_config, requested: Optional[int]) -> int:
 def _demo_model() -> str:
     from vllm.demo_model import demo_model_path
     return demo_model_path()
+
+
+def _kv_transfer_config(value):
+    """A dict (as --kv-transfer-config gives) becomes a validated KVTransferConfig whose
+    connector class is importable."""
+    from vllm.distributed.kv_transfer.config import KVTransferConfig
+    from vllm.distributed.kv_transfer.factory import get_connector_class
+    if value is None:
+        return None
+    config = value if isinstance(value, KVTransferConfig) else KVTransferConfig.from_dict(
+        dict(value))
+    get_connector_class(config)
+    return config

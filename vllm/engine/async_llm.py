@@ -6,7 +6,7 @@ from typing import Any, AsyncIterator, Optional, Protocol
 
 from vllm.core.outputs import EngineCoreOutput, SchedulerStats
 from vllm.core.request import Request
-from vllm.engine.core_client import EngineCoreClient, EngineDeadError
+from vllm.engine.core_client import EngineCoreClient, EngineDeadError, KVTransferError
 from vllm.engine.core_proc import EngineCoreOutputs, EngineCoreRequest, sampling_params_to_dict
 from vllm.engine.output_processor import OutputKind, OutputProcessor, ParentRequest
 from vllm.engine.processor import InvalidRequestError, Processor, PromptType
@@ -200,6 +200,8 @@ class AsyncLLM:
                 self.stat_logger.record_scheduler_stats(batch.scheduler_stats)
         for child_id, message in batch.rejected.items():
             self._fail_request(child_id, InvalidRequestError(message))
+        for child_id, message in batch.failed.items():
+            self._fail_request(child_id, KVTransferError(message))
         self._record_tokens(batch.outputs)
         request_outputs, stopped = self.output_processor.process_outputs(batch.outputs)
         if stopped:

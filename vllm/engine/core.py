@@ -27,7 +27,9 @@ class EngineCore:
         self.executor.initialize_kv_cache(num_blocks)
         self.kv_cache_manager = KVCacheManager(num_blocks, cache_config.block_size,
                                                cache_config.enable_prefix_caching)
-        self.scheduler = Scheduler(vllm_config, self.kv_cache_manager)
+        from vllm.distributed.kv_transfer.factory import create_scheduler_connector
+        self.connector = create_scheduler_connector(vllm_config)
+        self.scheduler = Scheduler(vllm_config, self.kv_cache_manager, self.connector)
         logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                     time.perf_counter() - start, num_blocks, cache_config.block_size)
 
@@ -68,12 +70,30 @@ class EngineCore:
                               num_total_blocks=manager.num_blocks,
                               num_preemptions=self.scheduler.num_preemptions)
 
+    def has_work(self) -> bool:
+        """Anything for step() to do; False while requests only wait for remote KV."""
+        return self.scheduler.has_work()
+
+    def wake_sockets(self) -> list:
+        return self.connector.wake_sockets() if self.connector is not None else []
+
+    def take_failed(self) -> dict[str, str]:
+        failed, self.scheduler.failed = self.scheduler.failed, {}
+        return failed
+
+    def kv_transfer_info(self) -> dict:
+        return self.connector.info() if self.connector is not None else {}
+
     def step(self) -> list[EngineCoreOutput]:
-        if not self.scheduler.has_unfinished_requests():
-            return []
+        self.scheduler.poll_connector()
+        outputs = self.scheduler.take_pending_outputs()
+        if not self.scheduler.has_work():
+            return outputs
         scheduler_output = self.scheduler.schedule()
         runner_output = self.executor.execute_model(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+        if self.connector is not None:
+            self.connector.shutdown()

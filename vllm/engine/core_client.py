@@ -32,6 +32,10 @@ class EngineDeadError(RuntimeError):
     """The engine core process is gone; no request can be served any more."""
 
 
+class KVTransferError(RuntimeError):
+    """A request's KV never arrived from the prefill instance (policy `fail`)."""
+
+
 class EngineCoreClient:
     """Starts the engine core in a child process ('spawn') and exchanges messages with it.
 

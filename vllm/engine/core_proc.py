@@ -57,6 +57,8 @@ class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
     scheduler_stats: Optional[SchedulerStats] = None
     # request id -> why the engine core refused it (it never ran).
     rejected: dict[str, str] = {}
+    # request id -> why it failed after admission (its KV transfer failed).
+    failed: dict[str, str] = {}
     timestamp: float = 0.0
 
 
@@ -136,14 +138,13 @@ class EngineCoreProc:
         core = self.engine_core
         while not self.should_exit:
             self._raise_if_rank_failed()
-            has_work = core.has_unfinished_requests()
-            rejected, handled = self._process_input(block=not has_work)
+            rejected, handled = self._process_input(block=not core.has_work())
             if self.should_exit:
                 return
-            if core.has_unfinished_requests():
-                self._publish(core.step(), rejected)
-            elif handled:
-                self._publish([], rejected)
+            had_work = core.has_work()
+            outputs = core.step()
+            if outputs or handled or had_work:
+                self._publish(outputs, rejected)
 
     def _process_input(self, block: bool) -> tuple[dict[str, str], bool]:
         if block:
@@ -160,11 +161,15 @@ class EngineCoreProc:
         return rejected, handled
 
     def _wait_for_input(self) -> None:
-        while not self.input_socket.poll(IDLE_POLL_MS):
-            self._check_parent_alive()
-            self._raise_if_rank_failed()
-            if self.should_exit:
-                return
+        """Until the API server or a KV-transfer peer has something for us (or a second
+        has passed: leases and transfer deadlines are checked by step())."""
+        poller = zmq.Poller()
+        poller.register(self.input_socket, zmq.POLLIN)
+        for socket in self.engine_core.wake_sockets():
+            poller.register(socket, zmq.POLLIN)
+        poller.poll(IDLE_POLL_MS)
+        self._check_parent_alive()
+        self._raise_if_rank_failed()
 
     def _check_parent_alive(self) -> None:
         if os.getppid() != self.parent_pid:
@@ -195,7 +200,7 @@ class EngineCoreProc:
     def _publish(self, outputs: list[EngineCoreOutput], rejected: dict[str, str]) -> None:
         self.send(MessageTag.OUTPUTS, EngineCoreOutputs(
             outputs=outputs, scheduler_stats=self.engine_core.get_stats(),
-            rejected=rejected, timestamp=time.time()))
+            rejected=rejected, failed=self.engine_core.take_failed(), timestamp=time.time()))
 
     def close(self) -> None:
         if self.engine_core is not None:

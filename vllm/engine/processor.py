@@ -82,6 +82,16 @@ class Processor:
             if params.seed is not None:
                 child_params.seed = params.seed + index
             children.append(self.make_request(f"{index}_{request_id}", prompt_token_ids,
-                                              child_params,
-                                              kv_transfer_params=kv_transfer_params))
+                                              child_params, kv_transfer_params=_child_kv_params(
+                                                  kv_transfer_params, request_id, index)))
         return children
+
+
+def _child_kv_params(params: Optional[dict], parent_id: str, index: int) -> Optional[dict]:
+    """The first child takes the parent's KV transfer under the parent's id; the others
+    compute their prompt locally."""
+    if not params:
+        return None
+    if index > 0:
+        return None
+    return {**params, "request_id": params.get("request_id", parent_id)}

@@ -1,4 +1,5 @@
 import os
+from datetime import timedelta
 from typing import Optional
 
 import psutil
@@ -43,3 +44,16 @@ class CpuPlatform(Platform):
         if memory_utilization is not None:
             return int(available * memory_utilization * 0.5) // ranks_on_host
         return int(min(DEFAULT_KV_CACHE_GIB * GiB, available * 0.5)) // ranks_on_host
+
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+        import torch.distributed as dist
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        interface = os.environ.get("GLOO_SOCKET_IFNAME")
+        if interface:
+            device = dist.ProcessGroupGloo.create_device(interface=interface)
+        else:
+            host = os.environ.get("VLLM_KV_TRANSFER_HOST", "127.0.0.1")
+            device = dist.ProcessGroupGloo.create_device(hostname=host)
+        options._devices = [device]
+        return dist.ProcessGroupGloo(store, rank, world_size, options)

@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -33,3 +34,10 @@ class CudaPlatform(Platform):
 
     def visible_devices_env(self) -> Optional[str]:
         return "CUDA_VISIBLE_DEVICES"
+
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+        # torch.distributed.ProcessGroupNCCL(store, rank, size, options), PyTorch >= 2.0.
+        import torch.distributed as dist
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)

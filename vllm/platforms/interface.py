@@ -1,5 +1,6 @@
 """What the rest of the engine may ask about the device it runs on."""
 import importlib
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -40,6 +41,11 @@ class Platform:
 
     def visible_devices_env(self) -> Optional[str]:
         return None
+
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+        """A process group of its own (outside the default one) on this platform's
+        collective backend, for point-to-point KV transfer between instances."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

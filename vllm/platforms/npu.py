@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -33,3 +34,10 @@ class NpuPlatform(Platform):
 
     def visible_devices_env(self) -> Optional[str]:
         return "ASCEND_RT_VISIBLE_DEVICES"
+
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+        # torch_npu documents torch.distributed.ProcessGroupHCCL(store, rank, size, timeout)
+        # (Ascend/pytorch docs, "(beta) torch.distributed.ProcessGroupHCCL").
+        import torch.distributed as dist
+        import torch_npu  # noqa: F401  registers ProcessGroupHCCL on torch.distributed
+        return dist.ProcessGroupHCCL(store, rank, world_size, timeout)

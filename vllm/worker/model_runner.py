@@ -17,8 +17,9 @@ from vllm.worker.request_state import CachedRequestState, make_generator
 
 class ModelRunner:
 
-    def __init__(self, vllm_config: VllmConfig, device: torch.device):
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, connector=None):
         self.vllm_config = vllm_config
+        self.connector = connector  # worker half of the KV connector, or None
         self.model_config = vllm_config.model_config
         self.block_size = vllm_config.cache_config.block_size
         self.device = device
@@ -50,19 +51,25 @@ class ModelRunner:
                 num_blocks, self.block_size, layer.num_kv_heads, layer.head_size),
                 dtype=self.model_config.dtype, device=self.device)
             for name, layer in self.attention_layers().items()}
+        if self.connector is not None:
+            self.connector.register_kv_caches(self.kv_caches)
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         self._update_states(scheduler_output)
+        if self.connector is not None:
+            self.connector.bind_connector_metadata(scheduler_output.kv_connector_metadata)
         if scheduler_output.is_empty:
             return EMPTY_MODEL_RUNNER_OUTPUT
         batch = build_batch_inputs(self.requests, scheduler_output.num_scheduled_tokens,
                                    self.block_size)
         attn_metadata = current_platform.get_attn_backend_cls().build_metadata(
             batch.attn_metadata)
-        with set_forward_context(attn_metadata, self.kv_caches):
+        with set_forward_context(attn_metadata, self.kv_caches, self.connector):
             hidden_states = self.model(batch.input_ids.to(self.device),
                                        batch.positions.to(self.device))  # (T, hidden)
+        if self.connector is not None:
+            self.connector.wait_for_save()
         for req_id, count in scheduler_output.num_scheduled_tokens.items():
             self.requests[req_id].num_computed_tokens += count
         return self._sample(batch, hidden_states)

@@ -23,7 +23,9 @@ class Worker:
         self.device = current_platform.device(local_rank)
         current_platform.set_device(self.device)
         torch.manual_seed(vllm_config.model_config.seed)
-        self.model_runner = ModelRunner(vllm_config, self.device)
+        from vllm.distributed.kv_transfer.factory import create_worker_connector
+        self.connector = create_worker_connector(vllm_config, rank)
+        self.model_runner = ModelRunner(vllm_config, self.device, self.connector)
 
     def load_model(self) -> None:
         self.model_runner.load_model()
@@ -56,4 +58,6 @@ class Worker:
                 for name, param in self.model_runner.model.named_parameters()}
 
     def shutdown(self) -> None:
+        if self.connector is not None:
+            self.connector.shutdown()
         destroy_worker_distributed()

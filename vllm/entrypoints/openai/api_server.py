@@ -4,6 +4,7 @@ import argparse
 import hmac
 import signal
 import socket
+from http import HTTPStatus
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,6 +26,7 @@ from vllm.version import __version__
 logger = init_logger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 5
+PUBLIC_PATHS = ("/v1/kv_transfer/info",)  # read by the PD proxy, which holds no API key
 
 
 @dataclass
@@ -95,6 +97,24 @@ def _add_info_routes(app: FastAPI, state: ServerState) -> None:
     async def metrics():
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
+    @app.get("/v1/kv_transfer/info")
+    async def kv_transfer_info():
+        info = kv_transfer_info_of(state.engine.vllm_config)
+        if info is None:
+            raise OpenAIError("this instance has no KV connector (--kv-transfer-config)",
+                              HTTPStatus.NOT_FOUND, type="NotFoundError")
+        return info
+
+
+def kv_transfer_info_of(vllm_config) -> Optional[dict]:
+    """What a proxy needs to pair this instance with others."""
+    config = vllm_config.kv_transfer_config
+    if config is None:
+        return None
+    return {"engine_id": config.engine_id, "kv_role": config.kv_role,
+            "kv_host": config.kv_ip, "kv_port": config.kv_port,
+            "tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size}
+
 
 class ApiKeyMiddleware:
     """Plain ASGI middleware: /v1 routes need 'Authorization: Bearer <api key>'."""
@@ -105,7 +125,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or not scope["path"].startswith("/v1")):
+                or not scope["path"].startswith("/v1") or scope["path"] in PUBLIC_PATHS):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if hmac.compare_digest(given, self.expected):

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vllm.engine.core_client import EngineDeadError
+from vllm.engine.core_client import EngineDeadError, KVTransferError
 from vllm.engine.processor import InvalidRequestError
 from vllm.entrypoints.openai.protocol import ErrorInfo, ErrorResponse
 from vllm.logger import init_logger
@@ -60,6 +60,9 @@ def from_exception(error: BaseException) -> OpenAIError:
         return error
     if isinstance(error, EngineDeadError):
         return engine_dead(error)
+    if isinstance(error, KVTransferError):
+        return OpenAIError(str(error), HTTPStatus.SERVICE_UNAVAILABLE,
+                           type="service_unavailable_error", code="kv_transfer_failed")
     if isinstance(error, (InvalidRequestError, ValueError)):
         return OpenAIError(str(error), param=_leading_name(str(error)))
     logger.error("request failed", exc_info=error)

@@ -14,6 +14,13 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def request_id_for(raw_request, prefix: str) -> str:
+    """The caller's X-Request-Id when given (the PD proxy sends one id to both instances,
+    which match transfers by it), else a fresh one."""
+    given = raw_request.headers.get("x-request-id") if raw_request is not None else None
+    return f"{prefix}-{given}" if given else random_id(prefix)
+
+
 def now_seconds() -> int:
     return int(time.time())
 

@@ -11,7 +11,7 @@ from vllm.entrypoints.openai.protocol import (ChatChoiceLogprobs, ChatCompletion
                                               ChatCompletionChunk, ChatCompletionRequest,
                                               ChatCompletionResponse, ChatResponseMessage,
                                               ChatStreamChoice, ChatTokenLogprob, ChatTopLogprob,
-                                              DeltaMessage, random_id)
+                                              DeltaMessage, request_id_for)
 from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
                                                     build_sampling_params, make_usage,
                                                     run_until_disconnected, sse_error, sse_event)
@@ -53,7 +53,7 @@ class OpenAIServingChat(OpenAIServing):
         text, token_ids = self.render_chat(request.messages, request.add_generation_prompt,
                                            request.chat_template_kwargs)
         self.check_length(len(token_ids), max_tokens)
-        request_id = random_id("chatcmpl")
+        request_id = request_id_for(raw_request, "chatcmpl")
         outputs = self.engine.generate({"prompt": text, "prompt_token_ids": token_ids}, params,
                                        request_id, request.kv_transfer_params)
         result = _ChatResult(len(token_ids))

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogprobs,
-                                              CompletionRequest, CompletionResponse, random_id)
+                                              CompletionRequest, CompletionResponse, request_id_for)
 from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
                                                     build_sampling_params, make_usage,
                                                     merge_async_iterators,
@@ -47,7 +47,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts = self._tokenize_prompts(request.prompt)
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
-        request_id = random_id("cmpl")
+        request_id = request_id_for(raw_request, "cmpl")
         request_ids, generators = self._start(request, request_id, prompts, params)
         results = [_PromptResult(self._prompt_text(text, ids), len(ids)) for text, ids in prompts]
         stream = merge_async_iterators(generators)

@@ -1,0 +1,1 @@
+"""KV transfer between instances: connector interfaces, registry, and the push connector."""

@@ -1,0 +1,68 @@
+"""Per-pair process groups: one producer rank and one consumer rank, joined through the
+consumer instance's TCP store, on the platform's collective backend."""
+import threading
+from datetime import timedelta
+from typing import NamedTuple
+
+import torch.distributed as dist
+
+from vllm.platforms import current_platform
+
+PRODUCER, CONSUMER = 0, 1
+
+
+class PairKey(NamedTuple):
+    producer_engine: str
+    producer_nonce: str
+    producer_rank: int
+    consumer_engine: str
+    consumer_nonce: str
+    consumer_rank: int
+
+    def prefix(self) -> str:
+        return "kv-pair/" + "/".join(str(part) for part in self)
+
+
+def host_store(address: str, timeout: timedelta) -> dist.TCPStore:
+    host, port = split_address(address)
+    return dist.TCPStore(host, port, None, is_master=True, timeout=timeout,
+                         wait_for_workers=False)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+class PairGroups:
+    """Joins and caches the pair groups of one rank; joining blocks until the peer joins."""
+
+    def __init__(self, timeout: timedelta):
+        self.timeout = timeout
+        self._stores: dict[str, dist.Store] = {}
+        self._groups: dict[PairKey, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: PairKey, store_address: str, role: int):
+        with self._lock:
+            group = self._groups.get(key)
+        if group is not None:
+            return group
+        store = dist.PrefixStore(key.prefix(), self._store(store_address))
+        group = current_platform.create_pair_group(store, role, 2, self.timeout)
+        with self._lock:
+            self._groups[key] = group
+        return group
+
+    def drop(self, key: PairKey) -> None:
+        with self._lock:
+            self._groups.pop(key, None)
+
+    def _store(self, address: str) -> dist.Store:
+        with self._lock:
+            store = self._stores.get(address)
+            if store is None:
+                host, port = split_address(address)
+                store = dist.TCPStore(host, port, None, is_master=False, timeout=self.timeout)
+                self._stores[address] = store
+            return store

@@ -1,0 +1,255 @@
+"""Worker half of the push connector: moves KV bytes between ranks of two instances.
+
+Every message on a pair group is a header then a payload:
+  header  (HEADER_LEN,) int64: transfer_id, layer, token_start, token_end, head_start,
+          head_count
+  payload (2, token_end - token_start, head_count, head_size): keys then values
+Producer ranks send from one background thread (streamed layers are copied out of the cache
+on the model's thread as each layer finishes, so the next layer can overwrite nothing they
+need). Consumer ranks run one receiving thread per pair group and scatter into the blocks
+the scheduler reserved; they tell their engine core when a request's KV is all in place.
+"""
+import queue
+import threading
+from datetime import timedelta
+from typing import Optional
+
+import torch
+
+from vllm.distributed.kv_transfer.base import KVConnectorWorker
+from vllm.distributed.kv_transfer.control import ControlSender
+from vllm.distributed.kv_transfer.messages import RankRecvDone, RankTransferFailed
+from vllm.distributed.kv_transfer.pair_group import CONSUMER, PRODUCER, PairGroups, PairKey
+from vllm.distributed.kv_transfer.plan import kv_heads_of_rank, transfer_plan
+from vllm.distributed.kv_transfer.push.metadata import PushMetadata, RecvJob, SendJob
+from vllm.distributed.kv_transfer.push.scheduler import DEFAULT_KV_WAIT_TIMEOUT_S
+from vllm.logger import init_logger
+from vllm.platforms import current_platform
+
+logger = init_logger(__name__)
+
+HEADER_LEN = 6
+_STOP = object()
+
+
+def token_slots(block_ids: list[int], start: int, end: int, block_size: int) -> torch.Tensor:
+    positions = torch.arange(start, end)  # (n,)
+    blocks = torch.tensor(block_ids, dtype=torch.int64)[positions // block_size]  # (n,)
+    return blocks * block_size + positions % block_size
+
+
+class _Receiving:
+    """One registered incoming transfer on this rank."""
+
+    def __init__(self, job: RecvJob, slots: torch.Tensor, units_expected: int):
+        self.job = job
+        self.slots = slots
+        self.units_left = units_expected
+
+
+class PushConnectorWorker(KVConnectorWorker):
+
+    def __init__(self, vllm_config, rank: int):
+        config = vllm_config.kv_transfer_config
+        self.rank = rank
+        self.engine_id = config.engine_id
+        self.tp_size = vllm_config.parallel_config.tensor_parallel_size
+        self.block_size = vllm_config.cache_config.block_size
+        hf = vllm_config.model_config.hf_config
+        self.total_kv_heads = getattr(hf, "num_key_value_heads", None) or \
+            hf.num_attention_heads
+        self.my_heads = kv_heads_of_rank(rank, self.tp_size, self.total_kv_heads)
+        timeout_s = float(config.extra("kv_wait_timeout_s", DEFAULT_KV_WAIT_TIMEOUT_S))
+        self.groups = PairGroups(timedelta(seconds=max(timeout_s, 30.0)))
+        self.engine_address = f"{config.kv_ip}:{config.kv_port}"
+        self.control = ControlSender()
+        self.nonce = ""
+        self.layers: list[str] = []
+        self.kv_caches: dict[str, torch.Tensor] = {}
+        self.backend = current_platform.get_attn_backend_cls()
+        self._streamed: list[SendJob] = []
+        self._send_queue: queue.Queue = queue.Queue()
+        self._sender = threading.Thread(target=self._send_loop, daemon=True,
+                                        name=f"kv-send-{rank}")
+        self._sender.start()
+        self._lock = threading.Lock()
+        self._receiving: dict[int, _Receiving] = {}
+        self._early: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._cancelled: set[int] = set()
+        self._cancelled_sends: set[int] = set()
+        self._receivers: dict[PairKey, threading.Thread] = {}
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        self.kv_caches = kv_caches
+        self.layers = list(kv_caches)
+
+    # ---- each step -----------------------------------------------------------------------
+    def bind_connector_metadata(self, metadata: Optional[PushMetadata]) -> None:
+        if metadata is None:
+            return
+        self.nonce = metadata.engine_nonce
+        with self._lock:
+            for transfer_id in metadata.cancels:
+                self._cancel(transfer_id)
+        for job in metadata.recvs:
+            self._register_receive(job)
+        self._streamed = [job for job in metadata.sends if job.streamed]
+        for job in metadata.sends:
+            if not job.streamed:
+                self._send_queue.put(job)
+
+    def save_kv_layer(self, layer_name: str, kv_cache: torch.Tensor) -> None:
+        if not self._streamed:
+            return
+        layer = self.layers.index(layer_name)
+        for job in self._streamed:
+            self._queue_layer(job, layer, kv_cache)
+
+    def wait_for_save(self) -> None:
+        self._streamed = []
+
+    # ---- producer ------------------------------------------------------------------------
+    def _queue_layer(self, job: SendJob, layer: int, kv_cache: torch.Tensor) -> None:
+        for pair, header, payload in self._layer_messages(job, layer, kv_cache):
+            self._send_queue.put((job, pair, header, payload))
+
+    def _layer_messages(self, job: SendJob, layer: int, kv_cache: torch.Tensor):
+        slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
+        kv = self.backend.gather_kv(kv_cache, slots.to(kv_cache.device))  # (2, n, KVH, D)
+        for pair, heads in self._my_sends(job):
+            local = heads.start - self.my_heads.start
+            payload = kv[:, :, local:local + heads.count].contiguous()  # (2, n, h, D)
+            yield pair, self._header(job, layer, heads), payload
+
+    def _my_sends(self, job: SendJob):
+        for transfer in transfer_plan(self.tp_size, job.consumer_tp, self.total_kv_heads):
+            if transfer.producer_rank == self.rank:
+                yield PairKey(self.engine_id, self.nonce, self.rank, job.consumer_engine,
+                              job.consumer_nonce, transfer.consumer_rank), transfer.heads
+
+    @staticmethod
+    def _header(job: SendJob, layer: int, heads) -> torch.Tensor:
+        return torch.tensor([job.transfer_id, layer, job.token_start, job.token_end,
+                             heads.start, heads.count], dtype=torch.int64)
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._send_queue.get()
+            if item is _STOP:
+                return
+            job = item if isinstance(item, SendJob) else item[0]
+            if job.transfer_id in self._cancelled_sends:
+                continue
+            try:
+                if isinstance(item, SendJob):
+                    self._send_from_cache(item)
+                else:
+                    self._send_one(*item)
+            except Exception as error:  # a broken pair fails its transfers, not the rank
+                logger.warning("KV send of %s failed: %s", job.key, error)
+                self._cancelled_sends.add(job.transfer_id)
+                self.control.send(self.engine_address, RankTransferFailed(
+                    [job.key], self.rank, f"KV send failed: {error}"))
+
+    def _send_from_cache(self, job: SendJob) -> None:
+        for layer, name in enumerate(self.layers):
+            for pair, header, payload in self._layer_messages(job, layer, self.kv_caches[name]):
+                self._send_one(job, pair, header, payload)
+
+    def _send_one(self, job: SendJob, pair: PairKey, header: torch.Tensor,
+                  payload: torch.Tensor) -> None:
+        group = self.groups.get(pair, job.store_addr, PRODUCER)
+        device = payload.device
+        group.send([header.to(device)], CONSUMER, 0).wait()
+        group.send([payload], CONSUMER, 0).wait()
+
+    # ---- consumer ------------------------------------------------------------------------
+    def _register_receive(self, job: RecvJob) -> None:
+        slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
+        units = len(self.layers) * (job.token_end - job.token_start) * self.my_heads.count
+        with self._lock:
+            if job.transfer_id in self._cancelled:
+                return
+            self._receiving[job.transfer_id] = _Receiving(job, slots, units)
+            early = self._early.pop(job.transfer_id, [])
+        for header, payload in early:
+            self._apply(header, payload)
+        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
+            if transfer.consumer_rank == self.rank:
+                pair = PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
+                               self.engine_id, self.nonce, self.rank)
+                self._ensure_receiver(pair, job.store_addr)
+
+    def _ensure_receiver(self, pair: PairKey, store_addr: str) -> None:
+        thread = self._receivers.get(pair)
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=self._receive_loop, args=(pair, store_addr),
+                                  daemon=True, name=f"kv-recv-{self.rank}")
+        self._receivers[pair] = thread
+        thread.start()
+
+    def _receive_loop(self, pair: PairKey, store_addr: str) -> None:
+        try:
+            group = self.groups.get(pair, store_addr, CONSUMER)
+            while True:
+                header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self._device())
+                group.recv([header], PRODUCER, 0).wait()
+                header = header.cpu()
+                payload = self._empty_payload(header)
+                group.recv([payload], PRODUCER, 0).wait()
+                self._apply(header, payload)
+        except Exception as error:
+            self.groups.drop(pair)
+            self._fail_pending_from(pair, error)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.kv_caches.values())).device
+
+    def _empty_payload(self, header: torch.Tensor) -> torch.Tensor:
+        _, _, start, end, _, count = header.tolist()
+        cache = next(iter(self.kv_caches.values()))
+        return torch.empty((2, end - start, count, cache.shape[-1]), dtype=cache.dtype,
+                           device=cache.device)
+
+    def _apply(self, header: torch.Tensor, payload: torch.Tensor) -> None:
+        transfer_id, layer, start, end, head_start, count = header.tolist()
+        with self._lock:
+            if transfer_id in self._cancelled:
+                return
+            receiving = self._receiving.get(transfer_id)
+            if receiving is None:
+                self._early.setdefault(transfer_id, []).append((header, payload))
+                return
+            job = receiving.job
+            slots = receiving.slots[start - job.token_start:end - job.token_start]
+            local = head_start - self.my_heads.start
+            self.backend.scatter_kv(self.kv_caches[self.layers[layer]],
+                                    slots.to(payload.device), local, payload)
+            receiving.units_left -= (end - start) * count
+            done = receiving.units_left <= 0
+            if done:
+                del self._receiving[transfer_id]
+        if done:
+            self.control.send(self.engine_address, RankRecvDone(job.key, self.rank))
+
+    def _cancel(self, transfer_id: int) -> None:
+        self._cancelled.add(transfer_id)
+        self._cancelled_sends.add(transfer_id)
+        self._receiving.pop(transfer_id, None)
+        self._early.pop(transfer_id, None)
+
+    def _fail_pending_from(self, pair: PairKey, error: Exception) -> None:
+        with self._lock:
+            keys = [r.job.key for r in self._receiving.values()
+                    if (r.job.producer_engine, r.job.producer_nonce) ==
+                    (pair.producer_engine, pair.producer_nonce)]
+        logger.warning("KV receive from %s failed (%s); %d transfers lost",
+                       pair.producer_engine, error, len(keys))
+        if keys:
+            self.control.send(self.engine_address, RankTransferFailed(
+                keys, self.rank, f"connection to the prefill instance broke: {error}"))
+
+    def shutdown(self) -> None:
+        self._send_queue.put(_STOP)
+        self.control.close()
