@@ -25,6 +25,11 @@ def _add_bench(subparsers) -> None:
     parser.set_defaults(func=throughput.main)
 
 
+def _add_proxy(subparsers) -> None:
+    from vllm.disagg.cli import add_cli_args
+    add_cli_args(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.version import __version__
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM-compatible inference engine "
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_model(subparsers)
     _add_bench(subparsers)
     _add_serve(subparsers)
+    _add_proxy(subparsers)
     return parser
 
 
