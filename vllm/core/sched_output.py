@@ -46,8 +46,6 @@ class ModelRunnerOutput:
     sampled_token_ids: list[list[int]]
     # Per request: (token_ids, logprobs, sampled_rank) with the sampled token first, or None.
     logprobs: Optional[list[Optional[tuple[list[int], list[float], int]]]] = None
-    finished_sending: Optional[set[str]] = None
-    finished_recving: Optional[set[str]] = None
 
 
 EMPTY_MODEL_RUNNER_OUTPUT = ModelRunnerOutput(req_ids=[], sampled_token_ids=[])

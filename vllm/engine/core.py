@@ -64,7 +64,8 @@ class EngineCore:
     def get_stats(self) -> SchedulerStats:
         manager = self.kv_cache_manager
         return SchedulerStats(num_running=len(self.scheduler.running),
-                              num_waiting=len(self.scheduler.waiting),
+                              num_waiting=len(self.scheduler.waiting) +
+                              len(self.scheduler.waiting_for_remote),
                               kv_cache_usage=manager.usage(),
                               num_free_blocks=manager.get_num_free_blocks(),
                               num_total_blocks=manager.num_blocks,

@@ -107,6 +107,7 @@ class EngineCoreProc:
         self.request_decoder = msgspec.msgpack.Decoder(EngineCoreRequest)
         self.abort_decoder = msgspec.msgpack.Decoder(list[str])
         self.engine_core = None
+        self._published_free = -1
         self.should_exit = False
         self.rank_failure: Optional[str] = None
 
@@ -143,7 +144,7 @@ class EngineCoreProc:
                 return
             had_work = core.has_work()
             outputs = core.step()
-            if outputs or handled or had_work:
+            if outputs or handled or had_work or self._free_blocks_changed():
                 self._publish(outputs, rejected)
 
     def _process_input(self, block: bool) -> tuple[dict[str, str], bool]:
@@ -197,10 +198,16 @@ class EngineCoreProc:
         except ValueError as error:
             rejected[message.request_id] = str(error)
 
+    def _free_blocks_changed(self) -> bool:
+        """Blocks can come back with no step (a KV consumer's ack, a lease running out)."""
+        return self.engine_core.kv_cache_manager.get_num_free_blocks() != self._published_free
+
     def _publish(self, outputs: list[EngineCoreOutput], rejected: dict[str, str]) -> None:
+        stats = self.engine_core.get_stats()
+        self._published_free = stats.num_free_blocks
         self.send(MessageTag.OUTPUTS, EngineCoreOutputs(
-            outputs=outputs, scheduler_stats=self.engine_core.get_stats(),
-            rejected=rejected, failed=self.engine_core.take_failed(), timestamp=time.time()))
+            outputs=outputs, scheduler_stats=stats, rejected=rejected,
+            failed=self.engine_core.take_failed(), timestamp=time.time()))
 
     def close(self) -> None:
         if self.engine_core is not None:

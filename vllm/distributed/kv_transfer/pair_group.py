@@ -37,8 +37,8 @@ def split_address(address: str) -> tuple[str, int]:
 class PairGroups:
     """Joins and caches the pair groups of one rank; joining blocks until the peer joins."""
 
-    def __init__(self, timeout: timedelta):
-        self.timeout = timeout
+    def __init__(self, timeouts: dict[int, timedelta]):
+        self.timeouts = timeouts  # by role: how long an operation may wait for the peer
         self._stores: dict[str, dist.Store] = {}
         self._groups: dict[PairKey, object] = {}
         self._lock = threading.Lock()
@@ -48,8 +48,8 @@ class PairGroups:
             group = self._groups.get(key)
         if group is not None:
             return group
-        store = dist.PrefixStore(key.prefix(), self._store(store_address))
-        group = current_platform.create_pair_group(store, role, 2, self.timeout)
+        store = dist.PrefixStore(key.prefix(), self._store(store_address, self.timeouts[role]))
+        group = current_platform.create_pair_group(store, role, 2, self.timeouts[role])
         with self._lock:
             self._groups[key] = group
         return group
@@ -58,11 +58,11 @@ class PairGroups:
         with self._lock:
             self._groups.pop(key, None)
 
-    def _store(self, address: str) -> dist.Store:
+    def _store(self, address: str, timeout: timedelta) -> dist.Store:
         with self._lock:
             store = self._stores.get(address)
             if store is None:
                 host, port = split_address(address)
-                store = dist.TCPStore(host, port, None, is_master=False, timeout=self.timeout)
+                store = dist.TCPStore(host, port, None, is_master=False, timeout=timeout)
                 self._stores[address] = store
             return store

@@ -185,10 +185,13 @@ class PushConnectorScheduler(KVConnectorScheduler):
         if consumed is not None and consumed.request is request:
             self._meta.cancels.append(consumed.transfer_id)
             self._send(consumed.producer_addr, TransferAbort(key, "consumer finished early"))
+        aborted = request.get_finished_reason() == "abort"
+        if aborted and (request.kv_transfer_params or {}).get("do_remote_decode"):
+            self._refuse_consumers(key)
         state = self._produced.get(key)
         if state is None or state.request is not request:
             return False, None
-        if request.get_finished_reason() == "abort":
+        if aborted:
             self._drop_production(key, "producer aborted the request")
             return False, None
         if state.consumer is not None:
@@ -196,6 +199,14 @@ class PushConnectorScheduler(KVConnectorScheduler):
         state.held = True
         state.deadline = time.monotonic() + self.lease_s
         return True, self._params_for_consumer()
+
+    def _refuse_consumers(self, key: str) -> None:
+        """The producer aborted the request: a consumer that already asked is told now, one
+        that asks later is told when it does (the tombstone)."""
+        early = self._early_ready.pop(key, None)
+        if early is not None:
+            self._send(early[0].control_addr, TransferAbort(key, "producer aborted the request"))
+        self._tombstones[key] = time.monotonic() + self.lease_s
 
     def _params_for_consumer(self) -> dict[str, Any]:
         info = self.info()
@@ -264,6 +275,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
         elif abort.key in self._produced:
             self._drop_production(abort.key, None)
         else:
+            self._early_ready.pop(abort.key, None)
             self._tombstones[abort.key] = time.monotonic() + self.lease_s
 
     def _on_rank_done(self, done: RankRecvDone) -> None:
@@ -288,12 +300,20 @@ class PushConnectorScheduler(KVConnectorScheduler):
         state = self._produced.pop(key, None)
         if state is None:
             return
+        self._unqueue_sends(key, state)
         if reason and state.consumer is not None:
             self._send(state.consumer.control_addr, TransferAbort(key, reason))
         if state.held:
             self._events.release.append(state.request.request_id)
         elif state.request is not None:
             self._events.abort.append(state.request.request_id)
+
+    def _unqueue_sends(self, key: str, state: _Produced) -> None:
+        """A dropped transfer sends nothing more: jobs not yet given to the workers are
+        withdrawn, jobs they still queue are cancelled."""
+        self._meta.sends = [job for job in self._meta.sends if job.key != key]
+        if state.consumer is not None:
+            self._meta.cancels.append(state.consumer.transfer_id)
 
     def _release(self, key: str) -> None:
         state = self._produced.get(key)

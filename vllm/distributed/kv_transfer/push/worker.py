@@ -4,9 +4,9 @@ Every message on a pair group is a header then a payload:
   header  (HEADER_LEN,) int64: transfer_id, layer, token_start, token_end, head_start,
           head_count
   payload (2, token_end - token_start, head_count, head_size): keys then values
-Producer ranks send from one background thread (streamed layers are copied out of the cache
-on the model's thread as each layer finishes, so the next layer can overwrite nothing they
-need). Consumer ranks run one receiving thread per pair group and scatter into the blocks
+Producer ranks send from one background thread per consumer rank (streamed layers are
+copied out of the cache on the model's thread as each layer finishes; tokens computed in
+earlier steps are read from the held blocks by the sending thread). Consumer ranks run one receiving thread per pair group and scatter into the blocks
 the scheduler reserved; they tell their engine core when a request's KV is all in place.
 """
 import queue
@@ -22,13 +22,14 @@ from vllm.distributed.kv_transfer.messages import RankRecvDone, RankTransferFail
 from vllm.distributed.kv_transfer.pair_group import CONSUMER, PRODUCER, PairGroups, PairKey
 from vllm.distributed.kv_transfer.plan import kv_heads_of_rank, transfer_plan
 from vllm.distributed.kv_transfer.push.metadata import PushMetadata, RecvJob, SendJob
-from vllm.distributed.kv_transfer.push.scheduler import DEFAULT_KV_WAIT_TIMEOUT_S
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 
 logger = init_logger(__name__)
 
 HEADER_LEN = 6
+DEFAULT_TRANSFER_TIMEOUT_S = 60.0
+RECEIVER_TIMEOUT = timedelta(days=7)
 _STOP = object()
 
 
@@ -59,8 +60,11 @@ class PushConnectorWorker(KVConnectorWorker):
         self.total_kv_heads = getattr(hf, "num_key_value_heads", None) or \
             hf.num_attention_heads
         self.my_heads = kv_heads_of_rank(rank, self.tp_size, self.total_kv_heads)
-        timeout_s = float(config.extra("kv_wait_timeout_s", DEFAULT_KV_WAIT_TIMEOUT_S))
-        self.groups = PairGroups(timedelta(seconds=max(timeout_s, 30.0)))
+        # Senders give up on an absent consumer after the transfer timeout; receivers wait
+        # for traffic as long as the pair lives (an idle pair must not time out).
+        timeout_s = float(config.extra("kv_transfer_timeout_s", DEFAULT_TRANSFER_TIMEOUT_S))
+        self.groups = PairGroups({PRODUCER: timedelta(seconds=timeout_s),
+                                  CONSUMER: RECEIVER_TIMEOUT})
         self.engine_address = f"{config.kv_ip}:{config.kv_port}"
         self.control = ControlSender()
         self.nonce = ""
@@ -68,10 +72,7 @@ class PushConnectorWorker(KVConnectorWorker):
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.backend = current_platform.get_attn_backend_cls()
         self._streamed: list[SendJob] = []
-        self._send_queue: queue.Queue = queue.Queue()
-        self._sender = threading.Thread(target=self._send_loop, daemon=True,
-                                        name=f"kv-send-{rank}")
-        self._sender.start()
+        self._senders: dict[PairKey, queue.Queue] = {}
         self._lock = threading.Lock()
         self._receiving: dict[int, _Receiving] = {}
         self._early: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -96,7 +97,7 @@ class PushConnectorWorker(KVConnectorWorker):
         self._streamed = [job for job in metadata.sends if job.streamed]
         for job in metadata.sends:
             if not job.streamed:
-                self._send_queue.put(job)
+                self._queue_from_cache(job)
 
     def save_kv_layer(self, layer_name: str, kv_cache: torch.Tensor) -> None:
         if not self._streamed:
@@ -110,16 +111,18 @@ class PushConnectorWorker(KVConnectorWorker):
 
     # ---- producer ------------------------------------------------------------------------
     def _queue_layer(self, job: SendJob, layer: int, kv_cache: torch.Tensor) -> None:
-        for pair, header, payload in self._layer_messages(job, layer, kv_cache):
-            self._send_queue.put((job, pair, header, payload))
-
-    def _layer_messages(self, job: SendJob, layer: int, kv_cache: torch.Tensor):
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
         kv = self.backend.gather_kv(kv_cache, slots.to(kv_cache.device))  # (2, n, KVH, D)
         for pair, heads in self._my_sends(job):
-            local = heads.start - self.my_heads.start
-            payload = kv[:, :, local:local + heads.count].contiguous()  # (2, n, h, D)
-            yield pair, self._header(job, layer, heads), payload
+            self._sender_for(pair).put((job, layer, heads, self._slice_heads(kv, heads)))
+
+    def _queue_from_cache(self, job: SendJob) -> None:
+        for pair, heads in self._my_sends(job):
+            self._sender_for(pair).put((job, None, heads, None))
+
+    def _slice_heads(self, kv: torch.Tensor, heads) -> torch.Tensor:
+        local = heads.start - self.my_heads.start
+        return kv[:, :, local:local + heads.count].contiguous()  # (2, n, h, D)
 
     def _my_sends(self, job: SendJob):
         for transfer in transfer_plan(self.tp_size, job.consumer_tp, self.total_kv_heads):
@@ -127,40 +130,54 @@ class PushConnectorWorker(KVConnectorWorker):
                 yield PairKey(self.engine_id, self.nonce, self.rank, job.consumer_engine,
                               job.consumer_nonce, transfer.consumer_rank), transfer.heads
 
-    @staticmethod
-    def _header(job: SendJob, layer: int, heads) -> torch.Tensor:
-        return torch.tensor([job.transfer_id, layer, job.token_start, job.token_end,
-                             heads.start, heads.count], dtype=torch.int64)
+    def _sender_for(self, pair: PairKey) -> queue.Queue:
+        """Each consumer rank has its own queue and thread: a slow or dead consumer holds
+        up nobody else."""
+        with self._lock:
+            sender = self._senders.get(pair)
+            if sender is None:
+                sender = queue.Queue()
+                self._senders[pair] = sender
+                threading.Thread(target=self._send_loop, args=(pair, sender), daemon=True,
+                                 name=f"kv-send-{self.rank}").start()
+            return sender
 
-    def _send_loop(self) -> None:
+    def _send_loop(self, pair: PairKey, items: queue.Queue) -> None:
+        broken: Optional[str] = None
         while True:
-            item = self._send_queue.get()
+            item = items.get()
             if item is _STOP:
                 return
-            job = item if isinstance(item, SendJob) else item[0]
+            job, layer, heads, payload = item
             if job.transfer_id in self._cancelled_sends:
                 continue
             try:
-                if isinstance(item, SendJob):
-                    self._send_from_cache(item)
+                if broken:
+                    raise RuntimeError(broken)
+                group = self.groups.get(pair, job.store_addr, PRODUCER)
+                if payload is None:
+                    self._send_cached(group, job, heads)
                 else:
-                    self._send_one(*item)
+                    self._send_one(group, job, layer, heads, payload)
             except Exception as error:  # a broken pair fails its transfers, not the rank
+                broken = broken or f"KV send to {pair.consumer_engine} failed: {error}"
                 logger.warning("KV send of %s failed: %s", job.key, error)
                 self._cancelled_sends.add(job.transfer_id)
-                self.control.send(self.engine_address, RankTransferFailed(
-                    [job.key], self.rank, f"KV send failed: {error}"))
+                self.control.send(self.engine_address,
+                                  RankTransferFailed([job.key], self.rank, broken))
 
-    def _send_from_cache(self, job: SendJob) -> None:
+    def _send_cached(self, group, job: SendJob, heads) -> None:
+        slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
         for layer, name in enumerate(self.layers):
-            for pair, header, payload in self._layer_messages(job, layer, self.kv_caches[name]):
-                self._send_one(job, pair, header, payload)
+            kv_cache = self.kv_caches[name]
+            kv = self.backend.gather_kv(kv_cache, slots.to(kv_cache.device))  # (2, n, KVH, D)
+            self._send_one(group, job, layer, heads, self._slice_heads(kv, heads))
 
-    def _send_one(self, job: SendJob, pair: PairKey, header: torch.Tensor,
-                  payload: torch.Tensor) -> None:
-        group = self.groups.get(pair, job.store_addr, PRODUCER)
-        device = payload.device
-        group.send([header.to(device)], CONSUMER, 0).wait()
+    @staticmethod
+    def _send_one(group, job: SendJob, layer: int, heads, payload: torch.Tensor) -> None:
+        header = torch.tensor([job.transfer_id, layer, job.token_start, job.token_end,
+                               heads.start, heads.count], dtype=torch.int64)
+        group.send([header.to(payload.device)], CONSUMER, 0).wait()
         group.send([payload], CONSUMER, 0).wait()
 
     # ---- consumer ------------------------------------------------------------------------
@@ -251,5 +268,7 @@ class PushConnectorWorker(KVConnectorWorker):
                 keys, self.rank, f"connection to the prefill instance broke: {error}"))
 
     def shutdown(self) -> None:
-        self._send_queue.put(_STOP)
+        with self._lock:
+            for sender in self._senders.values():
+                sender.put(_STOP)
         self.control.close()

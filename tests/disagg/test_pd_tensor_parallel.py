@@ -1,0 +1,70 @@
+"""KV pushed between instances of different tensor-parallel sizes is resharded by KV head:
+producer TP=2 into consumer TP=1 and the reverse return the colocated tokens (a tiny random
+Llama with 2 KV heads, so TP=2 holds one head per rank)."""
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from pd_cluster import Proxy, start_instance, start_plain, wait_free_blocks, free_blocks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_cluster(tiny_model_dirs, demo_model_dir):
+    model = [tiny_model_dirs["llama"], "--tokenizer", demo_model_dir]
+    tp2 = ["--tensor-parallel-size", "2"]
+    servers = {
+        "P_tp2": start_instance("kv_producer", "p-tp2", model, args=tp2),
+        "D_tp1": start_instance("kv_consumer", "d-tp1", model),
+        "P_tp1": start_instance("kv_producer", "p-tp1", model),
+        "D_tp2": start_instance("kv_consumer", "d-tp2", model, args=tp2),
+        "C": start_plain(model),
+    }
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        idle = {name: free_blocks(server) for name, server in servers.items()}
+        yield servers, idle
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def _prompts() -> list[list[int]]:
+    rng = random.Random(7)
+    return [[rng.randrange(3, 500) for _ in range(length)]
+            for length in (2, 9, 16, 17, 40, 75, 130, 200)]
+
+
+def _complete(url: str, prompt: list[int], seeded: bool) -> str:
+    body = {"model": "demo", "prompt": prompt, "max_tokens": 16, "ignore_eos": True}
+    body.update({"temperature": 0.9, "seed": 11} if seeded else {"temperature": 0})
+    response = requests.post(url + "/v1/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+def _complete_all(url: str) -> list[str]:
+    cases = [(prompt, index % 2 == 1) for index, prompt in enumerate(_prompts())]
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda case: _complete(url, *case), cases))
+
+
+@pytest.mark.parametrize("producer,consumer", [("P_tp2", "D_tp1"), ("P_tp1", "D_tp2")])
+def test_kv_is_resharded_across_tensor_parallel_sizes(tiny_cluster, producer, consumer):
+    servers, idle = tiny_cluster
+    proxy = Proxy([servers[producer]], [servers[consumer]])
+    try:
+        proxy.wait_ready(1, 1)
+        assert _complete_all(proxy.url) == _complete_all(servers["C"].url)
+        usage = requests.post(proxy.url + "/v1/completions", timeout=300, json={
+            "model": "demo", "prompt": _prompts()[-1][::-1], "max_tokens": 2,
+            "temperature": 0}).json()["usage"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+    finally:
+        proxy.close()
+    for name in (producer, consumer):
+        assert wait_free_blocks(servers[name], idle[name]) == idle[name]
