@@ -15,13 +15,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_cluster(tiny_model_dirs, demo_model_dir):
     model = [tiny_model_dirs["llama"], "--tokenizer", demo_model_dir]
-    tp2 = ["--tensor-parallel-size", "2"]
+    short = ["--max-model-len", "512"]  # the tiny model's positions
+    tp2 = [*short, "--tensor-parallel-size", "2"]
     servers = {
         "P_tp2": start_instance("kv_producer", "p-tp2", model, args=tp2),
-        "D_tp1": start_instance("kv_consumer", "d-tp1", model),
-        "P_tp1": start_instance("kv_producer", "p-tp1", model),
+        "D_tp1": start_instance("kv_consumer", "d-tp1", model, args=short),
+        "P_tp1": start_instance("kv_producer", "p-tp1", model, args=short),
         "D_tp2": start_instance("kv_consumer", "d-tp2", model, args=tp2),
-        "C": start_plain(model),
+        "C": start_plain(model, args=short),
     }
     try:
         for server in servers.values():
