@@ -1,0 +1,87 @@
+"""transfer_plan against a brute-force model of which rank holds which KV head."""
+import itertools
+from collections import Counter, defaultdict
+
+import pytest
+
+from vllm.distributed.kv_transfer.plan import HeadRange, kv_heads_of_rank, transfer_plan
+
+TP_SIZES = (1, 2, 3, 4, 6, 8, 16)
+HEAD_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+
+
+def splits(tp: int, heads: int) -> bool:
+    """The engine accepts a tensor-parallel size that divides the KV heads or is a
+    multiple of them."""
+    return heads % tp == 0 or tp % heads == 0
+
+
+def held_heads(rank: int, tp: int, heads: int) -> set[int]:
+    """What QKVParallelLinear loads on a rank: a contiguous share, or one head shared by
+    tp // heads consecutive ranks."""
+    if tp >= heads:
+        return {rank // (tp // heads)}
+    share = heads // tp
+    return set(range(rank * share, rank * share + share))
+
+
+COMBOS = [(p, d, h) for p, d, h in itertools.product(TP_SIZES, TP_SIZES, HEAD_COUNTS)
+          if splits(p, h) and splits(d, h)]
+
+
+def test_combinations_include_replication_both_sides():
+    assert any(p > h and d > h for p, d, h in COMBOS)
+    assert any(p > h and d < h for p, d, h in COMBOS)
+    assert any(p < h and d > h for p, d, h in COMBOS)
+    assert len(COMBOS) > 100
+
+
+@pytest.mark.parametrize("tp,heads", sorted({(p, h) for p, _, h in COMBOS}))
+def test_kv_heads_of_rank_matches_the_qkv_sharding(tp, heads):
+    every = []
+    for rank in range(tp):
+        held = kv_heads_of_rank(rank, tp, heads)
+        assert isinstance(held, HeadRange) and held.count >= 1
+        assert set(range(held.start, held.end)) == held_heads(rank, tp, heads)
+        every.extend(range(held.start, held.end))
+    assert set(every) == set(range(heads))  # every head lives somewhere
+
+
+@pytest.mark.parametrize("producer_tp,consumer_tp,heads", COMBOS)
+def test_transfer_plan(producer_tp, consumer_tp, heads):
+    plan = transfer_plan(producer_tp, consumer_tp, heads)
+    received = defaultdict(Counter)  # consumer rank -> head -> times received
+    served = defaultdict(Counter)  # head -> producer rank -> consumer ranks it serves
+    pairs = Counter()
+    for transfer in plan:
+        assert 0 <= transfer.producer_rank < producer_tp
+        assert 0 <= transfer.consumer_rank < consumer_tp
+        assert transfer.heads.count >= 1
+        pairs[(transfer.producer_rank, transfer.consumer_rank)] += 1
+        for head in range(transfer.heads.start, transfer.heads.end):
+            assert head in held_heads(transfer.producer_rank, producer_tp, heads), \
+                f"producer rank {transfer.producer_rank} does not hold head {head}"
+            received[transfer.consumer_rank][head] += 1
+            served[head][transfer.producer_rank] += 1
+    for consumer_rank in range(consumer_tp):
+        wanted = held_heads(consumer_rank, consumer_tp, heads)
+        assert dict(received[consumer_rank]) == {head: 1 for head in wanted}, \
+            f"consumer rank {consumer_rank} wanted {sorted(wanted)}"
+    assert all(count == 1 for count in pairs.values()), "a pair appears twice in the plan"
+    # Replicas share the work: per head, holders serve consumer ranks evenly.
+    for head, by_producer in served.items():
+        holders = [r for r in range(producer_tp) if head in held_heads(r, producer_tp, heads)]
+        loads = [by_producer.get(rank, 0) for rank in holders]
+        assert max(loads) - min(loads) <= 1, (head, loads)
+
+
+def test_plan_examples():
+    assert transfer_plan(1, 1, 8) == [(0, 0, HeadRange(0, 8))]
+    assert transfer_plan(1, 2, 8) == [(0, 0, HeadRange(0, 4)), (0, 1, HeadRange(4, 4))]
+    assert transfer_plan(2, 1, 8) == [(0, 0, HeadRange(0, 4)), (1, 0, HeadRange(4, 4))]
+    # 4 producer ranks hold 2 heads twice each; 4 consumer ranks take one replica each.
+    assert sorted(transfer_plan(4, 4, 2)) == [(0, 0, HeadRange(0, 1)), (1, 1, HeadRange(0, 1)),
+                                              (2, 2, HeadRange(1, 1)), (3, 3, HeadRange(1, 1))]
+    # One consumer rank gathers both heads, once each, from replicated producers.
+    plan = transfer_plan(4, 1, 2)
+    assert sorted(h for t in plan for h in range(t.heads.start, t.heads.end)) == [0, 1]
