@@ -88,6 +88,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
         self._consumed: dict[str, _Consumed] = {}
         self._early_ready: dict[str, tuple[ConsumerReady, float]] = {}
         self._tombstones: dict[str, float] = {}
+        self._dropped: dict[str, tuple[int, float]] = {}  # consumer: given-up transfer ids
         self._meta = PushMetadata(self.nonce)
         self._events = ConnectorEvents([], [], [], [])
         self._block_ids_of: Callable[[str], list[int]] = lambda request_id: []
@@ -183,7 +184,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
         key = transfer_key(request)
         consumed = self._consumed.pop(key, None)
         if consumed is not None and consumed.request is request:
-            self._meta.cancels.append(consumed.transfer_id)
+            self._forget_consumed(key, consumed)
             self._send(consumed.producer_addr, TransferAbort(key, "consumer finished early"))
         aborted = request.get_finished_reason() == "abort"
         if aborted and (request.kv_transfer_params or {}).get("do_remote_decode"):
@@ -263,11 +264,20 @@ class PushConnectorScheduler(KVConnectorScheduler):
 
     def _on_producer_accept(self, accept: ProducerAccept) -> None:
         state = self._consumed.get(accept.key)
-        if state is None:
+        if state is not None:
+            self._meta.recvs.append(RecvJob(
+                accept.key, state.transfer_id, state.block_ids, state.token_start,
+                state.token_end, accept.engine_id, accept.nonce, accept.tp_size,
+                self.store_addr))
             return
-        self._meta.recvs.append(RecvJob(
-            accept.key, state.transfer_id, state.block_ids, state.token_start,
-            state.token_end, accept.engine_id, accept.nonce, accept.tp_size, self.store_addr))
+        dropped = self._dropped.get(accept.key)
+        if dropped is not None:
+            # We gave up on it, but the producer may already be joining the pair group:
+            # listen anyway (the transfer id is cancelled, its bytes are discarded), or
+            # the producer's first send to us would wait out its timeout.
+            self._meta.recvs.append(RecvJob(
+                accept.key, dropped[0], [], 0, 0, accept.engine_id, accept.nonce,
+                accept.tp_size, self.store_addr))
 
     def _on_abort(self, abort: TransferAbort) -> None:
         if abort.key in self._consumed:
@@ -292,9 +302,13 @@ class PushConnectorScheduler(KVConnectorScheduler):
         state = self._consumed.pop(key, None)
         if state is None:
             return
-        self._meta.cancels.append(state.transfer_id)
+        self._forget_consumed(key, state)
         self._events.failed.append((state.request.request_id, reason))
         self._send(state.producer_addr, TransferAbort(key, reason))
+
+    def _forget_consumed(self, key: str, state: _Consumed) -> None:
+        self._meta.cancels.append(state.transfer_id)
+        self._dropped[key] = (state.transfer_id, time.monotonic() + self.lease_s)
 
     def _drop_production(self, key: str, reason: Optional[str]) -> None:
         state = self._produced.pop(key, None)
@@ -330,7 +344,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
             if state.held and now > state.deadline:
                 logger.warning("KV lease of %s ran out before the consumer acked", key)
                 self._drop_production(key, "lease expired")
-        for table in (self._early_ready, self._tombstones):
+        for table in (self._early_ready, self._tombstones, self._dropped):
             for key in [k for k, v in table.items() if now > _deadline_of(v)]:
                 del table[key]
 

@@ -182,6 +182,11 @@ class PushConnectorWorker(KVConnectorWorker):
 
     # ---- consumer ------------------------------------------------------------------------
     def _register_receive(self, job: RecvJob) -> None:
+        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
+            if transfer.consumer_rank == self.rank:
+                pair = PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
+                               self.engine_id, self.nonce, self.rank)
+                self._ensure_receiver(pair, job.store_addr)
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
         units = len(self.layers) * (job.token_end - job.token_start) * self.my_heads.count
         with self._lock:
@@ -191,11 +196,6 @@ class PushConnectorWorker(KVConnectorWorker):
             early = self._early.pop(job.transfer_id, [])
         for header, payload in early:
             self._apply(header, payload)
-        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
-            if transfer.consumer_rank == self.rank:
-                pair = PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
-                               self.engine_id, self.nonce, self.rank)
-                self._ensure_receiver(pair, job.store_addr)
 
     def _ensure_receiver(self, pair: PairKey, store_addr: str) -> None:
         thread = self._receivers.get(pair)
