@@ -111,6 +111,8 @@ class Scheduler:
             return
         request.num_computed_tokens = request.num_prompt_tokens - 1
         request.num_cached_tokens = request.num_computed_tokens
+        # Done with the producer: if preempted later, recompute here like any request.
+        request.kv_transfer_params = {**request.kv_transfer_params, "do_remote_prefill": False}
         self.kv_cache_manager.cache_computed_blocks(request, request.num_computed_tokens)
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
