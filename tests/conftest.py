@@ -22,7 +22,8 @@ def demo_model_dir(demo_gguf) -> str:
     return folder
 
 
-def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = False) -> str:
+def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = False,
+                    **config_overrides) -> str:
     """A random-weight model folder of the given architecture, small enough for CPU tests."""
     from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config,
                               Qwen2ForCausalLM)
@@ -30,6 +31,7 @@ def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = Fals
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   initializer_range=0.2, tie_word_embeddings=tie, eos_token_id=2,
                   bos_token_id=1)
+    common.update(config_overrides)
     classes = {"llama": (LlamaConfig, LlamaForCausalLM),
                "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     config_cls, model_cls = classes[architecture]
@@ -43,6 +45,13 @@ def make_tiny_model(out: str, architecture: str, seed: int = 0, tie: bool = Fals
 def tiny_model_dirs(tmp_path_factory) -> dict[str, str]:
     return {arch: make_tiny_model(str(tmp_path_factory.mktemp(arch)), arch)
             for arch in ("llama", "qwen2")}
+
+
+@pytest.fixture(scope="session")
+def uneven_qwen2(tmp_path_factory) -> str:
+    """A tiny Qwen2 with 6 heads in 3 KV groups: over 2 ranks they split 4 + 2."""
+    return make_tiny_model(str(tmp_path_factory.mktemp("qwen2_6h3kv")), "qwen2", seed=3,
+                           hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
 
 
 def read_json(path: str) -> dict:

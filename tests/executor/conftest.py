@@ -25,3 +25,9 @@ def demo_reference(demo_model_dir):
     llm = make_tp_llm(demo_model_dir, demo_model_dir, 1, num_gpu_blocks_override=128)
     return {"greedy": token_ids(llm, DEMO_GREEDY, DEMO_PROMPTS),
             "seeded": token_ids(llm, DEMO_SEEDED, DEMO_PROMPTS)}
+
+
+@pytest.fixture(scope="session")
+def uneven_reference(uneven_qwen2, demo_model_dir):
+    llm = make_tp_llm(uneven_qwen2, demo_model_dir, 1)
+    return {"greedy": token_ids(llm, GREEDY), "seeded": token_ids(llm, SEEDED)}

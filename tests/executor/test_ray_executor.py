@@ -68,12 +68,23 @@ def test_killed_actor_is_noticed_and_shutdown_kills_the_rest(local_ray, tiny_qwe
 
 
 @pytest.mark.slow
-def test_demo_model_on_three_ray_ranks(local_ray, demo_model_dir, demo_reference):
-    llm = make_tp_llm(demo_model_dir, demo_model_dir, 3, backend="ray",
+def test_demo_model_on_two_ray_ranks(local_ray, demo_model_dir, demo_reference):
+    """Uneven KV groups (SmolLM2's 3 KV heads split 2 + 1) under Ray too."""
+    llm = make_tp_llm(demo_model_dir, demo_model_dir, 2, backend="ray",
                       num_gpu_blocks_override=128)
     try:
         assert token_ids(llm, DEMO_GREEDY, DEMO_PROMPTS) == demo_reference["greedy"]
         assert token_ids(llm, DEMO_SEEDED, DEMO_PROMPTS) == demo_reference["seeded"]
+    finally:
+        executor_of(llm).shutdown()
+
+
+def test_uneven_tiny_qwen2_on_two_ray_ranks(local_ray, uneven_qwen2, demo_model_dir,
+                                            uneven_reference):
+    llm = make_tp_llm(uneven_qwen2, demo_model_dir, 2, backend="ray")
+    try:
+        assert token_ids(llm, GREEDY) == uneven_reference["greedy"]
+        assert token_ids(llm, SEEDED) == uneven_reference["seeded"]
     finally:
         executor_of(llm).shutdown()
 

@@ -92,6 +92,28 @@ def test_qkv_replicates_kv_heads(tp_state, rank):
                                               heads(bias, 6 + kv_head, 1)]))
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_qkv_and_o_proj_uneven_kv_groups(tp_state, rank):
+    """9 heads in 3 KV groups over 2 ranks: rank 0 holds groups 0-1, rank 1 group 2."""
+    init_tensor_parallel(rank, 2)
+    q, k, v = (torch.randn(9 * HEAD, HIDDEN), torch.randn(3 * HEAD, HIDDEN),
+               torch.randn(3 * HEAD, HIDDEN))
+    layer = QKVParallelLinear(HIDDEN, HEAD, total_num_heads=9, total_num_kv_heads=3,
+                              bias=False)
+    for shard_id, tensor in zip("qkv", (q, k, v)):
+        load(layer.weight, tensor, shard_id)
+    q_first, q_count, kv_first, kv_count = [(0, 6, 0, 2), (6, 3, 2, 1)][rank]
+    assert (layer.num_heads, layer.num_kv_heads) == (q_count, kv_count)
+    expected = torch.cat([heads(q, q_first, q_count), heads(k, kv_first, kv_count),
+                          heads(v, kv_first, kv_count)])
+    assert torch.equal(layer.weight, expected)
+    o_weight = torch.randn(HIDDEN, 9 * HEAD)
+    o_proj = RowParallelLinear(9 * HEAD, HIDDEN, bias=False,
+                               input_partition=(q_first * HEAD, q_count * HEAD))
+    load(o_proj.weight, o_weight)
+    assert torch.equal(o_proj.weight, o_weight[:, q_first * HEAD:(q_first + q_count) * HEAD])
+
+
 def test_indivisible_heads_rejected(tp_state):
     init_tensor_parallel(0, 3)
     with pytest.raises(ValueError, match="heads"):

@@ -55,7 +55,7 @@ class EngineArgs:
             dtype=resolve_dtype(self.dtype, current_platform.default_dtype()),
             max_model_len=max_model_len, seed=self.seed,
             served_model_name=self.served_model_name or model,
-            trust_remote_code=self.trust_remote_code)
+            trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager)
         block_size = self.block_size or current_platform.default_block_size
         cache_config = CacheConfig(block_size, self.enable_prefix_caching,
                                    self.gpu_memory_utilization, self.num_gpu_blocks_override)
@@ -106,16 +106,16 @@ def _check_architecture(hf_config) -> None:
 
 
 def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:
-    """Attention heads and MLP rows split evenly; KV heads split or replicate evenly."""
+    """Heads are dealt out in KV groups (see head_split); MLP rows split evenly."""
+    from vllm.distributed.head_split import check_head_split
     heads = getattr(hf_config, "num_attention_heads", None)
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     intermediate = getattr(hf_config, "intermediate_size", None)
-    if heads is not None and heads % tp_size:
-        raise ConfigError(f"the model's {heads} attention heads cannot be split over "
-                          f"tensor_parallel_size={tp_size}: it must divide {heads}")
-    if kv_heads is not None and kv_heads % tp_size and tp_size % kv_heads:
-        raise ConfigError(f"the model's {kv_heads} KV heads cannot be split or replicated "
-                          f"over tensor_parallel_size={tp_size}: one must divide the other")
+    if heads is not None:
+        try:
+            check_head_split(tp_size, heads, kv_heads)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if intermediate is not None and intermediate % tp_size:
         raise ConfigError(f"the model's intermediate_size={intermediate} cannot be split "
                           f"over tensor_parallel_size={tp_size}")

@@ -11,18 +11,18 @@ HEAD_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 
 def splits(tp: int, heads: int) -> bool:
-    """The engine accepts a tensor-parallel size that divides the KV heads or is a
-    multiple of them."""
-    return heads % tp == 0 or tp % heads == 0
+    """The engine accepts a tensor-parallel size up to the KV heads, or a multiple of them."""
+    return tp <= heads or tp % heads == 0
 
 
 def held_heads(rank: int, tp: int, heads: int) -> set[int]:
-    """What QKVParallelLinear loads on a rank: a contiguous share, or one head shared by
-    tp // heads consecutive ranks."""
+    """What QKVParallelLinear loads on a rank: a contiguous run (the first heads % tp
+    ranks one head longer), or one head shared by tp // heads consecutive ranks."""
     if tp >= heads:
         return {rank // (tp // heads)}
-    share = heads // tp
-    return set(range(rank * share, rank * share + share))
+    lengths = [heads // tp + (1 if r < heads % tp else 0) for r in range(tp)]
+    start = sum(lengths[:rank])
+    return set(range(start, start + lengths[rank]))
 
 
 COMBOS = [(p, d, h) for p, d, h in itertools.product(TP_SIZES, TP_SIZES, HEAD_COUNTS)
@@ -33,6 +33,8 @@ def test_combinations_include_replication_both_sides():
     assert any(p > h and d > h for p, d, h in COMBOS)
     assert any(p > h and d < h for p, d, h in COMBOS)
     assert any(p < h and d > h for p, d, h in COMBOS)
+    assert any(h % p and h % d == 0 for p, d, h in COMBOS)  # uneven producer
+    assert any(h % p and h % d and p != d for p, d, h in COMBOS)  # uneven both sides
     assert len(COMBOS) > 100
 
 

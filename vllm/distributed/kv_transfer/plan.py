@@ -1,9 +1,12 @@
 """Which producer rank sends which KV heads to which consumer rank.
 
-Ranks hold KV heads as the QKV layer shards them: a contiguous share when the tensor-
-parallel size divides the heads, one replicated head per rank when it exceeds them.
+Ranks hold KV heads as the QKV layer shards them (vllm.distributed.head_split): a
+contiguous run, possibly of unequal length, when the tensor-parallel size is at most the
+number of KV heads; one replicated head per rank when it exceeds them.
 """
 from typing import NamedTuple
+
+from vllm.distributed.head_split import kv_head_run
 
 
 class HeadRange(NamedTuple):
@@ -22,11 +25,7 @@ class PairTransfer(NamedTuple):
 
 
 def kv_heads_of_rank(rank: int, tp_size: int, total_kv_heads: int) -> HeadRange:
-    if tp_size >= total_kv_heads:
-        replicas = tp_size // total_kv_heads
-        return HeadRange(rank // replicas, 1)
-    per_rank = total_kv_heads // tp_size
-    return HeadRange(rank * per_rank, per_rank)
+    return HeadRange(*kv_head_run(rank, tp_size, total_kv_heads))
 
 
 def transfer_plan(producer_tp: int, consumer_tp: int, total_kv_heads: int

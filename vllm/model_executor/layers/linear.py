@@ -7,6 +7,7 @@ from torch import nn
 
 from vllm.distributed.communication_op import (
     tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce)
+from vllm.distributed.head_split import head_shard
 from vllm.model_executor.layers.weight_utils import (
     copy_checked, divide, narrow_checked, new_parameter, tp_rank_and_size)
 
@@ -15,17 +16,19 @@ class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with W's rows (the outputs) split evenly across ranks.
 
     Each parameter carries `weight_loader(param, loaded_weight, shard_id=None)`.
+    Subclasses whose ranks hold unequal shares pass `local_output_size`.
     """
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
-                 gather_output: bool = False, prefix: str = ""):
+                 gather_output: bool = False, prefix: str = "",
+                 local_output_size: Optional[int] = None):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.prefix = prefix
         self.input_size = input_size
         self.output_size = output_size
-        self.output_size_per_partition = divide(output_size, self.tp_size,
-                                                f"{prefix or 'linear'} output size")
+        self.output_size_per_partition = local_output_size or divide(
+            output_size, self.tp_size, f"{prefix or 'linear'} output size")
         self.gather_output = gather_output
         self.weight = new_parameter(self.output_size_per_partition, input_size)
         self.weight.weight_loader = self.weight_loader
@@ -90,41 +93,41 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 class QKVParallelLinear(ColumnParallelLinear):
     """The query, key and value projections fused into one matmul.
 
-    Query heads are split across ranks; key/value heads too, or replicated when
-    there are fewer of them than ranks. `shard_id` is "q", "k" or "v".
+    Heads are dealt out in KV groups (`vllm.distributed.head_split`): ranks may hold
+    unequal shares, and KV heads are replicated when there are fewer of them than
+    ranks. `shard_id` is "q", "k" or "v".
     """
 
     def __init__(self, hidden_size: int, head_size: int, total_num_heads: int,
                  total_num_kv_heads: Optional[int] = None, bias: bool = True,
                  prefix: str = ""):
-        tp_size = tp_rank_and_size()[1]
+        tp_rank, tp_size = tp_rank_and_size()
         total_num_kv_heads = total_num_kv_heads or total_num_heads
         self.head_size = head_size
         self.total_num_heads = total_num_heads
         self.total_num_kv_heads = total_num_kv_heads
-        self.num_heads = divide(total_num_heads, tp_size, "number of attention heads")
-        if tp_size >= total_num_kv_heads:
-            self.num_kv_heads = 1
-            self.num_kv_head_replicas = divide(tp_size, total_num_kv_heads,
-                                               "tensor parallel size vs kv heads")
-        else:
-            self.num_kv_heads = divide(total_num_kv_heads, tp_size, "number of kv heads")
-            self.num_kv_head_replicas = 1
+        self.heads = head_shard(tp_rank, tp_size, total_num_heads, total_num_kv_heads)
+        self.num_heads = self.heads.q_count
+        self.num_kv_heads = self.heads.kv_count
+        self.num_kv_head_replicas = max(tp_size // total_num_kv_heads, 1)
+        full_output = (total_num_heads + 2 * total_num_kv_heads) * head_size
         local_output = (self.num_heads + 2 * self.num_kv_heads) * head_size
-        super().__init__(hidden_size, local_output * tp_size, bias, False, prefix)
+        super().__init__(hidden_size, full_output, bias, False, prefix,
+                         local_output_size=local_output)
 
     def _shard_layout(self, shard_id: str) -> tuple[int, int, int, int]:
         """(offset in this rank's output, rows, first source row, full source rows)."""
         q_rows = self.num_heads * self.head_size
         kv_rows = self.num_kv_heads * self.head_size
-        kv_first_head = (self.tp_rank // self.num_kv_head_replicas) * self.num_kv_heads
+        kv_first_row = self.heads.kv_start * self.head_size
         kv_full = self.total_num_kv_heads * self.head_size
         if shard_id == "q":
-            return 0, q_rows, self.tp_rank * q_rows, self.total_num_heads * self.head_size
+            return (0, q_rows, self.heads.q_start * self.head_size,
+                    self.total_num_heads * self.head_size)
         if shard_id == "k":
-            return q_rows, kv_rows, kv_first_head * self.head_size, kv_full
+            return q_rows, kv_rows, kv_first_row, kv_full
         if shard_id == "v":
-            return q_rows + kv_rows, kv_rows, kv_first_head * self.head_size, kv_full
+            return q_rows + kv_rows, kv_rows, kv_first_row, kv_full
         raise ValueError(f"{self.prefix}: shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
@@ -149,17 +152,24 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 class RowParallelLinear(nn.Module):
     """y = x W^T + b with W's columns (the inputs) split across ranks; partial
-    results are summed over ranks, then the (unsplit) bias is added once."""
+    results are summed over ranks, then the (unsplit) bias is added once.
+
+    `input_partition` (first column, columns) gives this rank's share when ranks hold
+    unequal ones (the output projection after unevenly split attention heads).
+    """
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
-                 reduce_results: bool = True, prefix: str = ""):
+                 reduce_results: bool = True, prefix: str = "",
+                 input_partition: Optional[tuple[int, int]] = None):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.prefix = prefix
         self.input_size = input_size
         self.output_size = output_size
-        self.input_size_per_partition = divide(input_size, self.tp_size,
-                                               f"{prefix or 'linear'} input size")
+        if input_partition is None:
+            cols = divide(input_size, self.tp_size, f"{prefix or 'linear'} input size")
+            input_partition = (self.tp_rank * cols, cols)
+        self.input_start, self.input_size_per_partition = input_partition
         self.reduce_results = reduce_results
         self.weight = new_parameter(output_size, self.input_size_per_partition)
         self.weight.weight_loader = self.weight_loader
@@ -176,9 +186,8 @@ class RowParallelLinear(nn.Module):
         if param is self.bias:
             copy_checked(param.data, loaded_weight, self.prefix)
             return
-        cols = self.input_size_per_partition
-        shard = narrow_checked(loaded_weight, 1, self.input_size,
-                               self.tp_rank * cols, cols, self.prefix)
+        shard = narrow_checked(loaded_weight, 1, self.input_size, self.input_start,
+                               self.input_size_per_partition, self.prefix)
         copy_checked(param.data, shard, self.prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,11 @@ class LlamaAttention(nn.Module):
         num_heads, num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size = num_heads * self.head_dim
         self.kv_size = num_kv_heads * self.head_dim
+        heads = self.qkv_proj.heads
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size,
-                                        o_proj_bias, prefix=join_prefix(prefix, "o_proj"))
+                                        o_proj_bias, prefix=join_prefix(prefix, "o_proj"),
+                                        input_partition=(heads.q_start * self.head_dim,
+                                                         self.q_size))
         self.attn = Attention(num_heads, self.head_dim, self.head_dim ** -0.5, num_kv_heads,
                               prefix=join_prefix(prefix, "attn"))
 
