@@ -50,3 +50,70 @@ def cpu_extensions() -> list:
             extra_link_args=["-fopenmp"],
         )
     ]
+
+
+# ---- Ascend (built only where CANN is installed; the CPU build above is unchanged) --------
+ASCEND_SOURCE_DIR = os.path.join("csrc", "ascend")
+# 910B (Atlas A2) AI cores; override with VLLM_ASCEND_SOC_ARCH for other parts.
+DEFAULT_ASCEND_ARCH = "dav-c220"
+
+
+def cann_home():
+    """The CANN toolkit folder from ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME (set_env.sh)."""
+    for name in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+        path = os.environ.get(name)
+        if path and os.path.isdir(path):
+            return path
+    return None
+
+
+def find_bisheng(home):
+    """bisheng (or ccec, its older name) from PATH or the toolkit's compiler folder."""
+    import shutil
+    for name in ("bisheng", "ccec"):
+        found = shutil.which(name) or os.path.join(home, "compiler", "ccec_compiler", "bin", name)
+        if os.path.isfile(found):
+            return found
+    return None
+
+
+def compile_ascend_kernels(home, compiler, build_dir):
+    """The AscendC kernels and their launchers as one object file, for vllm._ascend_C."""
+    import subprocess
+    os.makedirs(build_dir, exist_ok=True)
+    out = os.path.join(build_dir, "ascend_kv_copy.o")
+    arch = os.environ.get("VLLM_ASCEND_SOC_ARCH", DEFAULT_ASCEND_ARCH)
+    tikcpp = os.path.join(home, "compiler", "tikcpp", "tikcfw")
+    includes = [tikcpp, os.path.join(tikcpp, "impl"), os.path.join(tikcpp, "interface"),
+                os.path.join(home, "include"), os.path.join(REPO_ROOT, ASCEND_SOURCE_DIR)]
+    command = [compiler, "-xcce", f"--cce-aicore-arch={arch}", "-O2", "-std=c++17", "-fPIC",
+               "-c", os.path.join(REPO_ROOT, ASCEND_SOURCE_DIR, "launch.cpp"), "-o", out]
+    command += [f"-I{path}" for path in includes]
+    subprocess.run(command, check=True)
+    return out
+
+
+def ascend_extensions() -> list:
+    """CppExtension list for vllm._ascend_C, or [] without CANN, bisheng or torch_npu."""
+    home = cann_home()
+    compiler = find_bisheng(home) if home else None
+    if compiler is None:
+        return []
+    try:
+        import torch_npu
+        from torch.utils.cpp_extension import CppExtension
+    except ImportError:
+        return []
+    torch_npu_dir = os.path.dirname(torch_npu.__file__)
+    kernels = compile_ascend_kernels(home, compiler, os.path.join(REPO_ROOT, "build", "ascend"))
+    return [
+        CppExtension(
+            name="vllm._ascend_C",
+            sources=[os.path.join(ASCEND_SOURCE_DIR, "torch_bindings.cpp")],
+            include_dirs=[os.path.join(torch_npu_dir, "include"), os.path.join(home, "include")],
+            library_dirs=[os.path.join(torch_npu_dir, "lib"), os.path.join(home, "lib64")],
+            libraries=["torch_npu", "ascendcl", "runtime"],
+            extra_objects=[kernels],
+            extra_compile_args=["-O2", "-std=c++17"],
+        )
+    ]

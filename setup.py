@@ -5,7 +5,7 @@ import sys
 from setuptools import find_packages, setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_ext import cpu_extensions  # noqa: E402
+from build_ext import ascend_extensions, cpu_extensions  # noqa: E402
 
 
 def read_requirements(name: str) -> list[str]:
@@ -25,7 +25,9 @@ def target_requirements() -> list[str]:
     return read_requirements(f"requirements-{target}.txt")
 
 
-ext_modules = cpu_extensions() if os.environ.get("VLLM_TARGET_DEVICE", "cpu") == "cpu" else []
+_target = os.environ.get("VLLM_TARGET_DEVICE", "cpu")
+# CPU: the C++ kernels; NPU: the AscendC KV-copy kernels where CANN is installed (else none).
+ext_modules = {"cpu": cpu_extensions, "npu": ascend_extensions}.get(_target, list)()
 cmdclass = {}
 if ext_modules:
     from torch.utils.cpp_extension import BuildExtension

@@ -33,6 +33,7 @@ class ModelConfig:
     seed: int = 0
     served_model_name: str = ""
     trust_remote_code: bool = False
+    enforce_eager: bool = False  # never record decode steps into graphs
 
     @property
     def num_layers(self) -> int:

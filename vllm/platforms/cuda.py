@@ -1,5 +1,5 @@
 from datetime import timedelta
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -12,7 +12,13 @@ class CudaPlatform(Platform):
     dist_backend = "nccl"
     attn_backend = "vllm.attention.backends.cuda.CudaAttentionBackend"
     supports_graph_capture = True
-    default_block_size = 16
+    _graph_pool = None
+
+    @property
+    def default_block_size(self) -> int:
+        # flash-attn 2 pages need a multiple of 256 tokens; the SDPA path takes any size.
+        from vllm.attention.backends.cuda import FLASH_ATTN_PAGE_MULTIPLE, HAS_FLASH_ATTN
+        return FLASH_ATTN_PAGE_MULTIPLE if HAS_FLASH_ATTN else 16
 
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -41,3 +47,27 @@ class CudaPlatform(Platform):
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
         return dist.ProcessGroupNCCL(store, rank, world_size, options)
+
+    def decode_graph_mode(self, vllm_config) -> Optional[str]:
+        return None if vllm_config.model_config.enforce_eager else "capture"
+
+    def capture_graph(self, forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        # Warm up on a side stream (allocator and cuBLAS workspaces), then record into one
+        # memory pool shared by every captured batch size (torch.cuda.graph, PyTorch >= 2.0).
+        if CudaPlatform._graph_pool is None:
+            CudaPlatform._graph_pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                forward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=CudaPlatform._graph_pool):
+            output = forward()
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return output
+
+        return replay

@@ -1,7 +1,7 @@
 """What the rest of the engine may ask about the device it runs on."""
 import importlib
 from datetime import timedelta
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -45,6 +45,21 @@ class Platform:
     def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
         """A process group of its own (outside the default one) on this platform's
         collective backend, for point-to-point KV transfer between instances."""
+        raise NotImplementedError
+
+    # ---- decode graphs (vllm/worker/graph_runner.py) ------------------------------------
+    def decode_graph_mode(self, vllm_config) -> Optional[str]:
+        """How decode-only steps run: "capture" (record once per padded batch size, replay
+        over static buffers), "compile" (a graph compiler over the model), None (eager)."""
+        return None
+
+    def capture_graph(self, forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """Record `forward`, which reads and writes only static buffers; returns a replay
+        that gives the same output tensor each time."""
+        raise NotImplementedError
+
+    def compile_decode(self, forward: Callable) -> Callable:
+        """`forward` compiled by this platform's graph compiler."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ class ModelRunner:
         self.kv_caches: dict[str, torch.Tensor] = {}
         self.requests: dict[str, CachedRequestState] = {}
         self.sampler = Sampler()
+        self.graph_runner = None  # decode steps as graphs, where the platform offers them
         self.eos_token_id = getattr(self.model_config.hf_config, "eos_token_id", None)
 
     def load_model(self) -> None:
@@ -53,6 +54,16 @@ class ModelRunner:
             for name, layer in self.attention_layers().items()}
         if self.connector is not None:
             self.connector.register_kv_caches(self.kv_caches)
+        if self._graphs_allowed():
+            from vllm.worker.graph_runner import make_graph_runner
+            self.graph_runner = make_graph_runner(current_platform, self.vllm_config,
+                                                  self.model, self.kv_caches, self.device)
+
+    def _graphs_allowed(self) -> bool:
+        """Graphs skip the attention layer's Python, so no KV may be streamed from it: no
+        connector, or one that only receives."""
+        kv_config = self.vllm_config.kv_transfer_config
+        return self.connector is None or getattr(kv_config, "kv_role", None) == "kv_consumer"
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -65,9 +76,13 @@ class ModelRunner:
                                    self.block_size)
         attn_metadata = current_platform.get_attn_backend_cls().build_metadata(
             batch.attn_metadata)
-        with set_forward_context(attn_metadata, self.kv_caches, self.connector):
-            hidden_states = self.model(batch.input_ids.to(self.device),
-                                       batch.positions.to(self.device))  # (T, hidden)
+        if self.graph_runner is not None and self.graph_runner.can_run(batch.attn_metadata):
+            hidden_states = self.graph_runner.run(batch.input_ids, batch.positions,
+                                                  batch.attn_metadata)  # (T, hidden)
+        else:
+            with set_forward_context(attn_metadata, self.kv_caches, self.connector):
+                hidden_states = self.model(batch.input_ids.to(self.device),
+                                           batch.positions.to(self.device))  # (T, hidden)
         if self.connector is not None:
             self.connector.wait_for_save()
         for req_id, count in scheduler_output.num_scheduled_tokens.items():

@@ -1,0 +1,64 @@
+"""On a CUDA GPU (marked cuda, skipped without one): greedy tokens equal Hugging Face's,
+with and without CUDA graphs, and 1P1D over NCCL equals a colocated instance."""
+import pytest
+import torch
+
+from engine_checks import GREEDY, random_prompts, run_prompts
+from kvt_harness import (Collected, EngineSet, assert_clean, consumer_request, drive, idle,
+                         kv_config, kv_port_of, make_core, producer_request, unique_id)
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def hf_greedy(model_dir: str, prompts, max_tokens: int) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).cuda()
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device="cuda")
+        generated = model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
+                                   min_new_tokens=max_tokens)
+        out.append(generated[0, len(prompt):].tolist())
+    return out
+
+
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_hf_parity_on_gpu(tiny_model_dirs, enforce_eager):
+    model = tiny_model_dirs["llama"]
+    prompts = random_prompts([3, 20, 130], seed=5)
+    core = make_core(model=model, dtype="float32", enforce_eager=enforce_eager)
+    try:
+        got, _ = run_prompts(core, prompts)
+        if not enforce_eager:
+            assert core.executor.worker.model_runner.graph_runner.graphs  # decode was captured
+    finally:
+        core.shutdown()
+    assert got == hf_greedy(model, prompts, GREEDY.max_tokens)
+
+
+class CudaPD(EngineSet):
+
+    def build(self, model):
+        self.producer = self.core(kv_config("kv_producer"), model=model)
+        self.consumer = self.core(kv_config("kv_consumer"), model=model)
+        self.colocated = self.core(model=model)
+
+
+def test_1p1d_over_nccl(tiny_model_dirs):
+    prompts = random_prompts([2, 17, 300], seed=6)
+    pd = CudaPD(tiny_model_dirs["qwen2"])
+    try:
+        want, _ = run_prompts(pd.colocated, prompts)
+        ids = [unique_id("pd") for _ in prompts]
+        produced, consumed = Collected(), Collected()
+        for rid, prompt in zip(ids, prompts):
+            pd.producer.add_request(producer_request(pd.producer, rid, prompt))
+            pd.consumer.add_request(consumer_request(pd.consumer, rid, prompt, GREEDY,
+                                                     kv_port_of(pd.producer)))
+        drive({pd.producer: produced, pd.consumer: consumed},
+              lambda: idle(pd.producer, pd.consumer))
+        assert [consumed.tokens[rid] for rid in ids] == want
+        assert_clean(pd.producer, pd.consumer)
+    finally:
+        pd.shutdown()
