@@ -25,6 +25,11 @@ def _add_bench(subparsers) -> None:
     parser.set_defaults(func=throughput.main)
 
 
+def _add_plan(subparsers) -> None:
+    from vllm.entrypoints.cli.plan import add_cli_args
+    add_cli_args(subparsers)
+
+
 def _add_proxy(subparsers) -> None:
     from vllm.disagg.cli import add_cli_args
     add_cli_args(subparsers)
@@ -40,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subparsers)
     _add_serve(subparsers)
     _add_proxy(subparsers)
+    _add_plan(subparsers)
     return parser
 
 
