@@ -54,8 +54,10 @@ def cpu_extensions() -> list:
 
 # ---- Ascend (built only where CANN is installed; the CPU build above is unchanged) --------
 ASCEND_SOURCE_DIR = os.path.join("csrc", "ascend")
-# 910B (Atlas A2) AI cores; override with VLLM_ASCEND_SOC_ARCH for other parts.
-DEFAULT_ASCEND_ARCH = "dav-c220"
+# 910B (Atlas A2) vector cores: the KV copy kernels use no cube unit, so they are built
+# vector-only and launched with up to one block per vector core (the count is asked of
+# the device at run time, csrc/ascend/torch_bindings.cpp). VLLM_ASCEND_SOC_ARCH overrides.
+DEFAULT_ASCEND_ARCH = "dav-c220-vec"
 
 
 def cann_home():

@@ -8,6 +8,7 @@ import psutil
 import pytest
 import torch
 
+from fake_device import mark_device
 from vllm.platforms import _LazyPlatform
 from vllm.platforms.cpu import CpuPlatform
 from vllm.platforms.npu import NpuPlatform
@@ -59,12 +60,20 @@ def fake_npu(platform=None):
     sys.path.insert(0, FAKE_DIR)
     previous = _LazyPlatform._platform
     _LazyPlatform._platform = platform or CpuHostedNpuPlatform()
+    _mark_device_copies()
     try:
         yield _LazyPlatform._platform
     finally:
         _LazyPlatform._platform = previous
         sys.path.remove(FAKE_DIR)
         _forget_modules()
+
+
+def _mark_device_copies() -> None:
+    """Metadata the backend moves to the device comes back marked (fake_device), so the fake
+    ops can tell device arguments from host ones although all are CPU tensors."""
+    import vllm.attention.backends.npu as backend
+    backend.to_device = lambda t, device: mark_device(t.to(device, non_blocking=True))
 
 
 def fake_calls():

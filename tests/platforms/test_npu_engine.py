@@ -3,7 +3,7 @@ tokens equal the CPU backend's on tiny random Llama and Qwen2 models, through pr
 chunked prefill, prefix-cache hits, mixed batches and TorchAir decode graphs."""
 import pytest
 
-from engine_checks import assert_same_greedy, random_prompts, run_prompts
+from engine_checks import GREEDY, assert_same_greedy, random_prompts, run_prompts
 from fake_npu_platform import fake_calls, fake_npu
 from kvt_harness import make_core
 
@@ -49,31 +49,42 @@ def test_npu_engine_matches_cpu_backend(tiny_model_dirs, arch):
     assert_same_greedy(got_shared, want_shared, want_shared_lp)
 
 
-def test_torchair_decode_graphs(tiny_model_dirs, monkeypatch):
-    """With torchair_graph_config enabled, decode steps go through the platform's compiled
-    callable with graph metadata (padded batch sizes); tokens match eager NPU. torch.compile
-    itself is not run here: the fake ops are Python, not traceable torch ops."""
+def test_torchair_decode_graphs(tiny_model_dirs):
+    """With torchair_graph_config enabled, decode steps run through torch.compile with the
+    fake TorchAir backend (Dynamo traces the whole model; the attention ops are custom ops
+    with fake kernels). Over many steps each padded batch size compiles once, and nothing
+    falls back to eager (TorchAir's attention op refuses eager calls); tokens match eager."""
+    import torch
+    from vllm.worker import graph_runner
     model = tiny_model_dirs["llama"]
     prompts = random_prompts([5, 40, 130, 7, 66], seed=3)
-    graph_calls = []
+    padded_sizes = []
+    pad = graph_runner.pad_decode_batch
 
-    def compile_decode(forward):
-        def compiled(input_ids, positions):
-            graph_calls.append(input_ids.shape[0])
-            return forward(input_ids, positions)
-        return compiled
+    def recording_pad(input_ids, positions, common, size):
+        padded_sizes.append(size)
+        return pad(input_ids, positions, common, size)
 
-    with fake_npu() as platform:
+    with fake_npu():
+        import torchair
         eager, eager_lp = npu_run(model, prompts)
-        monkeypatch.setattr(platform, "compile_decode", compile_decode)
+        torch._dynamo.reset()
+        torchair.COMPILES.clear()
         fake_calls().clear()
-        graphs, _ = npu_run(model, prompts, additional_config={
-            "torchair_graph_config": {"enabled": True}})
-        calls = dict(fake_calls())
-        graph_calls_before_eager = len(graph_calls)
-        npu_run(model, prompts, enforce_eager=True, additional_config={
-            "torchair_graph_config": {"enabled": True}})
-    assert graph_calls_before_eager > 0 and len(graph_calls) == graph_calls_before_eager
-    assert set(graph_calls) <= {1, 2, 4, 8}  # padded sizes only
-    assert calls.get("npu_scatter_nd_update_", 0) > 0
+        graph_runner.pad_decode_batch = recording_pad
+        try:
+            graphs, _ = npu_run(model, prompts, additional_config={
+                "torchair_graph_config": {"enabled": True}})
+            calls, compiles = dict(fake_calls()), torchair.COMPILES["graphs"]
+            steps = len(padded_sizes)
+            npu_run(model, prompts, enforce_eager=True, additional_config={
+                "torchair_graph_config": {"enabled": True}})
+        finally:
+            graph_runner.pad_decode_batch = pad
+    # Every decode step after the first token ran as a graph; no graph ran after eager.
+    assert steps >= GREEDY.max_tokens - 1 and len(padded_sizes) == steps
+    assert set(padded_sizes) <= {1, 2, 4, 8}  # padded sizes only
+    assert 0 < compiles <= len(set(padded_sizes)), (compiles, sorted(set(padded_sizes)))
+    assert calls["torchair.ops.npu_fused_infer_attention_score"] > 0
+    assert calls["npu_scatter_nd_update_"] > 0
     assert_same_greedy(graphs, eager, eager_lp, min_exact=0.8)

@@ -10,8 +10,9 @@ from vllm.platforms.cuda import CudaPlatform
 from vllm.platforms.npu import NpuPlatform
 
 
-def config(enforce_eager=False, **additional):
+def config(enforce_eager=False, block_size=128, **additional):
     return types.SimpleNamespace(model_config=types.SimpleNamespace(enforce_eager=enforce_eager),
+                                 cache_config=types.SimpleNamespace(block_size=block_size),
                                  additional_config=additional)
 
 
@@ -56,9 +57,25 @@ def test_bad_torchair_config_is_a_clear_error():
             NpuPlatform().decode_graph_mode(config(torchair_graph_config=True))
 
 
-def test_cuda_captures_unless_eager():
-    assert CudaPlatform().decode_graph_mode(config()) == "capture"
-    assert CudaPlatform().decode_graph_mode(config(enforce_eager=True)) is None
+def test_cuda_captures_only_over_flash_attn(monkeypatch):
+    from vllm.attention.backends import cuda as cuda_backend
+    monkeypatch.setattr(cuda_backend, "HAS_FLASH_ATTN", True)
+    assert CudaPlatform().decode_graph_mode(config(block_size=256)) == "capture"
+    assert CudaPlatform().decode_graph_mode(config(enforce_eager=True, block_size=256)) is None
+    assert CudaPlatform().decode_graph_mode(config(block_size=16)) is None  # SDPA: eager
+    monkeypatch.setattr(cuda_backend, "HAS_FLASH_ATTN", False)
+    assert CudaPlatform().decode_graph_mode(config(block_size=256)) is None
+
+
+def test_npu_block_size_is_checked_with_the_config(tiny_model_dirs):
+    from vllm.config import ConfigError
+    from vllm.engine.arg_utils import EngineArgs
+    with fake_npu():
+        NpuPlatform().check_block_size(128)
+        with pytest.raises(ConfigError, match="block_size 256 is not supported"):
+            EngineArgs(model=tiny_model_dirs["llama"], block_size=256).create_engine_config()
+        config = EngineArgs(model=tiny_model_dirs["llama"]).create_engine_config()
+        assert config.cache_config.block_size == 128
 
 
 def test_fake_is_only_on_the_path_inside(monkeypatch):

@@ -57,6 +57,7 @@ class EngineArgs:
             served_model_name=self.served_model_name or model,
             trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager)
         block_size = self.block_size or current_platform.default_block_size
+        current_platform.check_block_size(block_size)
         cache_config = CacheConfig(block_size, self.enable_prefix_caching,
                                    self.gpu_memory_utilization, self.num_gpu_blocks_override)
         batched = (self.max_num_batched_tokens or

@@ -16,7 +16,6 @@ class CpuPlatform(Platform):
     device_type = "cpu"
     dist_backend = "gloo"
     attn_backend = "vllm.attention.backends.cpu.CPUAttentionBackend"
-    supports_graph_capture = False
     default_block_size = 16
 
     def default_dtype(self) -> torch.dtype:

@@ -11,7 +11,6 @@ class CudaPlatform(Platform):
     device_type = "cuda"
     dist_backend = "nccl"
     attn_backend = "vllm.attention.backends.cuda.CudaAttentionBackend"
-    supports_graph_capture = True
     _graph_pool = None
 
     @property
@@ -49,7 +48,12 @@ class CudaPlatform(Platform):
         return dist.ProcessGroupNCCL(store, rank, world_size, options)
 
     def decode_graph_mode(self, vllm_config) -> Optional[str]:
-        return None if vllm_config.model_config.enforce_eager else "capture"
+        # Graphs only over flash-attn: the SDPA decode has to gather every block-table
+        # column under a graph (B * H * max_model_len * D per layer), so it runs eagerly.
+        from vllm.attention.backends.cuda import use_flash_attn
+        if vllm_config.model_config.enforce_eager:
+            return None
+        return "capture" if use_flash_attn(vllm_config.cache_config.block_size) else None
 
     def capture_graph(self, forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         # Warm up on a side stream (allocator and cuBLAS workspaces), then record into one
@@ -63,7 +67,9 @@ class CudaPlatform(Platform):
                 forward()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=CudaPlatform._graph_pool):
+        # thread_local: other threads (KV transfer) may use CUDA while this one captures.
+        with torch.cuda.graph(graph, pool=CudaPlatform._graph_pool,
+                              capture_error_mode="thread_local"):
             output = forward()
 
         def replay() -> torch.Tensor:

@@ -12,7 +12,6 @@ class Platform:
     device_type: str = "cpu"
     dist_backend: str = "gloo"
     attn_backend: str = ""
-    supports_graph_capture: bool = False
     default_block_size: int = 16
 
     def get_attn_backend_cls(self):
@@ -27,6 +26,10 @@ class Platform:
 
     def set_device(self, device: torch.device) -> None:
         pass
+
+    def check_block_size(self, block_size: int) -> None:
+        """Raise vllm.config.ConfigError when this platform's kernels cannot page KV in `block_size`
+        tokens (called when the engine config is made)."""
 
     def synchronize(self) -> None:
         pass
@@ -58,8 +61,9 @@ class Platform:
         that gives the same output tensor each time."""
         raise NotImplementedError
 
-    def compile_decode(self, forward: Callable) -> Callable:
-        """`forward` compiled by this platform's graph compiler."""
+    def compile_decode(self, step: Callable, num_shapes: int) -> Callable:
+        """`step` compiled by this platform's graph compiler; it is called with
+        `num_shapes` distinct input shapes, each of which must compile once only."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -14,8 +14,10 @@ class NpuPlatform(Platform):
     device_type = "npu"
     dist_backend = "hccl"
     attn_backend = "vllm.attention.backends.npu.NpuAttentionBackend"
-    supports_graph_capture = True
-    default_block_size = 128  # npu_fused_infer_attention_score pages: 128..512, by 128
+    default_block_size = 128
+    # The one size both paging ops are known to take: npu_fused_infer_attention_score pages
+    # by multiples of 128 in [128, 512]; the ATB _npu_paged_attention path is used with 128.
+    supported_block_sizes = (128,)
 
     def __init__(self):
         import torch_npu  # noqa: F401  registers torch.npu, the npu device and HCCL
@@ -29,6 +31,12 @@ class NpuPlatform(Platform):
 
     def set_device(self, device: torch.device) -> None:
         torch.npu.set_device(device)
+
+    def check_block_size(self, block_size: int) -> None:
+        from vllm.config import ConfigError
+        if block_size not in self.supported_block_sizes:
+            raise ConfigError(f"block_size {block_size} is not supported on Ascend NPUs: "
+                              f"use {self.default_block_size}")
 
     def synchronize(self) -> None:
         torch.npu.synchronize()
@@ -60,11 +68,24 @@ class NpuPlatform(Platform):
             raise ValueError(f"torchair_graph_config must be an object, got {torchair!r}")
         return "compile" if torchair.get("enabled", False) else None
 
-    def compile_decode(self, forward: Callable) -> Callable:
+    def compile_decode(self, step: Callable, num_shapes: int) -> Callable:
         # TorchAir (shipped with torch_npu): torchair.get_npu_backend(compiler_config=...)
-        # is a torch.compile backend lowering to the Ascend graph engine. dynamic=True keeps
-        # sequence lengths symbolic, so a step with new lengths reuses the graph.
+        # is a torch.compile backend lowering to the Ascend graph engine. dynamic=False: one
+        # static graph per padded batch size; the step takes every per-step value as a
+        # tensor argument, so nothing else changes between calls. Dynamo keeps at most
+        # recompile_limit (cache_size_limit before PyTorch 2.6) graphs per function.
         import torchair
+        if not hasattr(getattr(torchair, "ops", None), "npu_fused_infer_attention_score"):
+            raise ValueError("torchair_graph_config needs torchair.ops."
+                             "npu_fused_infer_attention_score (a newer torch_npu); "
+                             "disable it to run eagerly")
+        _allow_graphs_per_function(num_shapes)
         backend = torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
-        return torch.compile(forward, backend=backend, fullgraph=True, dynamic=True)
+        return torch.compile(step, backend=backend, fullgraph=True, dynamic=False)
 
+
+def _allow_graphs_per_function(count: int) -> None:
+    import torch._dynamo
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), count))

@@ -1,10 +1,13 @@
 """Decode-only steps run as graphs, keyed by padded batch size.
 
 The platform says how (Platform.decode_graph_mode): "capture" records one graph per padded
-batch size over static buffers and replays it (CUDA graphs); "compile" hands the model to the
-platform's graph compiler (TorchAir on Ascend). A batch is padded up to the next size by
-repeating its last request: the padded rows write the same KV bytes to the same slot and
-their outputs are dropped.
+batch size over static buffers and replays it (CUDA graphs; all sizes recorded up front);
+"compile" hands a step function to the platform's graph compiler (TorchAir on Ascend): it
+takes the ids, positions and the backend's metadata tensors as arguments and enters the
+forward context itself, so nothing that changes per step is read from Python globals (the
+compiler would freeze such values and recompile when they change). A batch is padded up to
+the next size by repeating its last request: the padded rows write the same KV bytes to the
+same slot and their outputs are dropped.
 """
 from typing import Callable, Optional
 
@@ -31,7 +34,7 @@ def pad_decode_batch(input_ids: torch.Tensor, positions: torch.Tensor,
     """A decode-only batch grown to `size` requests by repeating its last one."""
     extra = size - common.num_reqs
 
-    def grow(t: torch.Tensor) -> torch.Tensor:
+    def grow(t: torch.Tensor) -> torch.Tensor:  # (n, ...) -> (size, ...)
         return torch.cat([t, t[-1:].expand(extra, *t.shape[1:])]) if extra else t
 
     padded = CommonAttentionMetadata(
@@ -48,16 +51,24 @@ def is_decode_only(common: CommonAttentionMetadata) -> bool:
 
 
 class CompiledDecodeRunner:
-    """Decode steps through the platform's graph compiler (shapes padded to a few sizes so
-    the compiler sees few distinct batch sizes)."""
+    """Decode steps through the platform's graph compiler, one graph per padded batch size.
+    The backend gives `build_graph_metadata(common)` (host; `.on(device)` -> dict of device
+    tensors) and `graph_metadata(inputs)` (the metadata the layers read, inside the graph)."""
 
     def __init__(self, model, backend, kv_caches: dict[str, torch.Tensor], max_num_seqs: int,
                  device: torch.device, compile_fn: Callable):
+        self.model = model
         self.backend = backend
         self.kv_caches = kv_caches
         self.device = device
         self.sizes = batch_sizes(max_num_seqs)
-        self.compiled = compile_fn(model)
+        self.compiled = compile_fn(self._step, len(self.sizes))
+
+    def _step(self, input_ids: torch.Tensor, positions: torch.Tensor,
+              inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        metadata = self.backend.graph_metadata(inputs)
+        with set_forward_context(metadata, self.kv_caches):
+            return self.model(input_ids, positions)  # (B, hidden)
 
     def can_run(self, common: CommonAttentionMetadata) -> bool:
         return is_decode_only(common) and padded_size(common.num_reqs, self.sizes) is not None
@@ -65,9 +76,8 @@ class CompiledDecodeRunner:
     def run(self, input_ids, positions, common: CommonAttentionMetadata) -> torch.Tensor:
         size = padded_size(common.num_reqs, self.sizes)
         input_ids, positions, padded = pad_decode_batch(input_ids, positions, common, size)
-        metadata = self.backend.build_graph_metadata(padded)
-        with set_forward_context(metadata, self.kv_caches):
-            hidden = self.compiled(input_ids.to(self.device), positions.to(self.device))
+        inputs = self.backend.build_graph_metadata(padded).on(self.device)  # H2D, outside
+        hidden = self.compiled(input_ids.to(self.device), positions.to(self.device), inputs)
         return hidden[:common.num_actual_tokens]  # (T, hidden)
 
 
@@ -83,11 +93,12 @@ class CapturedDecodeRunner:
         self.capture_fn = capture_fn
         self.sizes = batch_sizes(max_num_seqs)
         n = self.sizes[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slots = torch.zeros(n, dtype=torch.int64, device=device)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
-        self.block_table = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)  # (N,)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)  # (N,)
+        self.slots = torch.zeros(n, dtype=torch.int64, device=device)  # (N,)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)  # (N,)
+        self.block_table = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32,
+                                       device=device)  # (N, max_blocks)
         self.graphs: dict[int, Callable[[], torch.Tensor]] = {}
 
     def can_run(self, common: CommonAttentionMetadata) -> bool:
@@ -99,8 +110,16 @@ class CapturedDecodeRunner:
         self._fill(*pad_decode_batch(input_ids, positions, common, size))
         replay = self.graphs.get(size)
         if replay is None:
-            replay = self.graphs[size] = self._capture(size)
+            raise RuntimeError(f"no decode graph for batch size {size}: capture_all() "
+                               f"must run before serving")
         return replay()[:common.num_actual_tokens]  # (T, hidden)
+
+    def capture_all(self) -> None:
+        """Record every padded size, largest first (later ones reuse its memory pool)."""
+        with torch.inference_mode():
+            for size in sorted(self.sizes, reverse=True):
+                if size not in self.graphs:
+                    self.graphs[size] = self._capture(size)
 
     def _fill(self, input_ids, positions, common: CommonAttentionMetadata) -> None:
         n, width = common.num_reqs, common.block_table.shape[1]
@@ -141,6 +160,8 @@ def make_graph_runner(platform, vllm_config, model, kv_caches: dict[str, torch.T
     if mode == "capture":
         block_size = vllm_config.cache_config.block_size
         max_blocks = -(-vllm_config.model_config.max_model_len // block_size)
-        return CapturedDecodeRunner(model, backend, kv_caches, max_num_seqs, max_blocks,
-                                    device, platform.capture_graph)
+        runner = CapturedDecodeRunner(model, backend, kv_caches, max_num_seqs, max_blocks,
+                                      device, platform.capture_graph)
+        runner.capture_all()
+        return runner
     raise ValueError(f"unknown decode graph mode {mode!r}")

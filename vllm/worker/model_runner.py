@@ -52,12 +52,13 @@ class ModelRunner:
                 num_blocks, self.block_size, layer.num_kv_heads, layer.head_size),
                 dtype=self.model_config.dtype, device=self.device)
             for name, layer in self.attention_layers().items()}
-        if self.connector is not None:
-            self.connector.register_kv_caches(self.kv_caches)
         if self._graphs_allowed():
+            # Graphs are captured here, before the connector can start KV threads.
             from vllm.worker.graph_runner import make_graph_runner
             self.graph_runner = make_graph_runner(current_platform, self.vllm_config,
                                                   self.model, self.kv_caches, self.device)
+        if self.connector is not None:
+            self.connector.register_kv_caches(self.kv_caches)
 
     def _graphs_allowed(self) -> bool:
         """Graphs skip the attention layer's Python, so no KV may be streamed from it: no
@@ -74,12 +75,12 @@ class ModelRunner:
             return EMPTY_MODEL_RUNNER_OUTPUT
         batch = build_batch_inputs(self.requests, scheduler_output.num_scheduled_tokens,
                                    self.block_size)
-        attn_metadata = current_platform.get_attn_backend_cls().build_metadata(
-            batch.attn_metadata)
         if self.graph_runner is not None and self.graph_runner.can_run(batch.attn_metadata):
             hidden_states = self.graph_runner.run(batch.input_ids, batch.positions,
                                                   batch.attn_metadata)  # (T, hidden)
         else:
+            attn_metadata = current_platform.get_attn_backend_cls().build_metadata(
+                batch.attn_metadata)
             with set_forward_context(attn_metadata, self.kv_caches, self.connector):
                 hidden_states = self.model(batch.input_ids.to(self.device),
                                            batch.positions.to(self.device))  # (T, hidden)

@@ -2,7 +2,9 @@
 it, else PyTorch SDPA (which also runs on CPU tensors, so tests can check it here).
 
 KV cache per layer: (2, num_blocks, block_size, num_kv_heads, head_size), flash-attn's
-paged layout. The decode path has fixed shapes and no host syncs, so CUDA graphs can hold it.
+paged layout. Decode steps are captured as CUDA graphs only over flash-attn (fixed shapes,
+no host syncs); the SDPA decode is eager and trims the gathered blocks to the longest
+sequence. SDPA's enable_gqa needs PyTorch >= 2.5.
 """
 from dataclasses import dataclass, field
 
@@ -39,9 +41,10 @@ class CudaAttentionMetadata:
         copies = self._device_copies.get(device)
         if copies is None:
             c = self.common
-            copies = {"slots": c.slot_mapping.to(device), "seq_lens": c.seq_lens.to(device),
-                      "block_table": c.block_table.to(device),
-                      "query_start_loc": c.query_start_loc.to(device)}
+            copies = {"slots": c.slot_mapping.to(device),  # (T,) int64
+                      "seq_lens": c.seq_lens.to(device),  # (B,) int32
+                      "block_table": c.block_table.to(device),  # (B, max_blocks) int32
+                      "query_start_loc": c.query_start_loc.to(device)}  # (B+1,) int32
             self._device_copies[device] = copies
         return copies
 
@@ -56,10 +59,15 @@ class CudaAttentionImpl(AttentionImpl):
         flash = use_flash_attn(key_cache.shape[1])
         out = torch.empty_like(q)  # (T, H, D)
         nd = common.num_decodes
-        if nd:
-            decode = self._decode_flash if flash else self._decode_sdpa
-            out[:nd] = decode(q[:nd], key_cache, value_cache, device_md["block_table"][:nd],
-                              device_md["seq_lens"][:nd])
+        if nd and flash:
+            out[:nd] = self._decode_flash(q[:nd], key_cache, value_cache,
+                                          device_md["block_table"][:nd],
+                                          device_md["seq_lens"][:nd])
+        elif nd:  # eager only (CudaPlatform captures no graphs without flash-attn)
+            out[:nd] = self._decode_sdpa(q[:nd], key_cache, value_cache,
+                                         device_md["block_table"][:nd],
+                                         device_md["seq_lens"][:nd],
+                                         max(common.seq_lens_list[:nd]))
         if nd < common.num_reqs:
             prefill = self._prefill_flash if flash else self._prefill_sdpa
             start = common.query_start_loc_list[nd]
@@ -90,22 +98,21 @@ class CudaAttentionImpl(AttentionImpl):
             softmax_scale=self.scale, causal=True, block_table=device_md["block_table"][nd:])
 
     # ---- PyTorch SDPA --------------------------------------------------------------------
-    def _decode_sdpa(self, q, key_cache, value_cache, block_table, seq_lens):
-        """Fixed shapes: attends over every column of the block table, masked by seq_lens."""
+    def _decode_sdpa(self, q, key_cache, value_cache, block_table, seq_lens,
+                     max_seq_len: int):
+        """Attends over the blocks of the batch's longest sequence, masked by seq_lens."""
         block_size = key_cache.shape[1]
-        num_seqs, width = block_table.shape
-        ids = block_table.long()  # (B, W)
+        width = -(-max_seq_len // block_size)
+        ids = block_table[:, :width].long()  # (B, W)
         keys = key_cache[ids].flatten(1, 2)  # (B, W * block_size, KVH, D)
         values = value_cache[ids].flatten(1, 2)  # (B, W * block_size, KVH, D)
         positions = torch.arange(width * block_size, device=q.device)  # (L,)
         valid = positions.unsqueeze(0) < seq_lens.unsqueeze(1)  # (B, L)
-        group = self.num_heads // self.num_kv_heads
-        qh = q.unsqueeze(2)  # (B, H, 1, D)
-        kh = keys.transpose(1, 2).repeat_interleave(group, dim=1)  # (B, H, L, D)
-        vh = values.transpose(1, 2).repeat_interleave(group, dim=1)  # (B, H, L, D)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=valid[:, None, None, :],
-                                             scale=self.scale)  # (B, H, 1, D)
-        return out.squeeze(2)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
+            attn_mask=valid[:, None, None, :], scale=self.scale,
+            enable_gqa=True)  # q (B, H, 1, D), k/v (B, KVH, L, D) -> (B, H, 1, D)
+        return out.squeeze(2)  # (B, H, D)
 
     def _prefill_sdpa(self, q, k, v, key_cache, value_cache, common, device_md):
         nd, starts = common.num_decodes, common.query_start_loc_list

@@ -4,8 +4,9 @@ KV cache per layer: (2, num_blocks, block_size, num_kv_heads, head_size), the la
 ATB ops read (key_cache = kv_cache[0]). Per step, decodes go to `_npu_paged_attention`;
 prompts with nothing cached to `_npu_flash_attention`; when any prompt has cached tokens
 (a prefix hit or an earlier chunk) all prompts go to `npu_fused_infer_attention_score` over
-the paged cache. Inside a TorchAir graph (decode only) KV writes use
-`npu_scatter_nd_update_` and attention `npu_fused_infer_attention_score`.
+the paged cache. Inside a TorchAir graph (decode only) the metadata is NpuGraphMetadata, the
+compiled step's tensor inputs; KV writes use `npu_scatter_nd_update_` and attention
+TorchAir's `npu_fused_infer_attention_score`, which takes the sequence lengths as a tensor.
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,6 +17,11 @@ from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttent
 from vllm.attention.backends import npu_ops
 from vllm.attention.backends.npu_kv_copy import gather_kv, scatter_kv
 from vllm.attention.backends.npu_masks import compressed_causal_mask, prompt_causal_mask
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where step metadata crosses to the device (the fake-NPU tests mark what crosses)."""
+    return t.to(device, non_blocking=True)
 
 
 @dataclass
@@ -29,16 +35,23 @@ class PrefillPlan:
     block_table: torch.Tensor  # (P, max_blocks) int32
     pad_rows: torch.Tensor  # (Tp,) int64, request of each prompt token
     pad_cols: torch.Tensor  # (Tp,) int64, its row within the request
+    _mask: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def causal_mask(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(S, S) prompt mask, S the longest prompt: made by the first layer, shared by all."""
+        if self._mask is None:
+            self._mask = prompt_causal_mask(max(self.query_lens), dtype, device)
+        return self._mask
 
 
 @dataclass
 class NpuAttentionMetadata:
+    """An eager step: host tensors, copied to the device once (the first layer pays)."""
     common: CommonAttentionMetadata
     slots: torch.Tensor  # (T,) int32
     decode_block_table: torch.Tensor  # (num_decodes, max_blocks) int32
     decode_context_lens: torch.Tensor  # (num_decodes,) int32, stays on the host
     prefill: Optional[PrefillPlan]
-    graph_mode: bool = False  # set by the graph runner: decode-only, graph-capable ops
     _device_copies: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -46,17 +59,38 @@ class NpuAttentionMetadata:
         return self.common.num_decodes
 
     def on(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The device-side tensors, copied once per step (the first layer pays)."""
         copies = self._device_copies.get(device)
         if copies is None:
-            copies = {"slots": self.slots.to(device),
-                      "decode_block_table": self.decode_block_table.to(device)}
+            copies = {"slots": to_device(self.slots, device),
+                      "decode_block_table": to_device(self.decode_block_table, device)}
             if self.prefill is not None:
-                copies["prefill_block_table"] = self.prefill.block_table.to(device)
-                copies["pad_rows"] = self.prefill.pad_rows.to(device)
-                copies["pad_cols"] = self.prefill.pad_cols.to(device)
+                copies["prefill_block_table"] = to_device(self.prefill.block_table, device)
+                copies["pad_rows"] = to_device(self.prefill.pad_rows, device)
+                copies["pad_cols"] = to_device(self.prefill.pad_cols, device)
             self._device_copies[device] = copies
         return copies
+
+
+@dataclass
+class NpuGraphStep:
+    """A padded decode-only step on the host; `on` gives the compiled step's inputs."""
+    common: CommonAttentionMetadata
+
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Device tensors (copied here, before the graph runs), by NpuGraphMetadata field."""
+        c = self.common
+        return {"slots": to_device(c.slot_mapping.to(torch.int64), device),  # (B,)
+                "block_table": to_device(c.block_table.to(torch.int32), device),  # (B, W)
+                "seq_lens": to_device(c.seq_lens.to(torch.int64), device)}  # (B,)
+
+
+@dataclass
+class NpuGraphMetadata:
+    """A decode-only step inside a TorchAir graph: device tensors only, no Python values
+    that would be frozen into the graph."""
+    slots: torch.Tensor  # (B,) int64
+    block_table: torch.Tensor  # (B, max_blocks) int32
+    seq_lens: torch.Tensor  # (B,) int64, tokens each request attends to
 
 
 def build_prefill_plan(common: CommonAttentionMetadata) -> Optional[PrefillPlan]:
@@ -79,15 +113,15 @@ def build_prefill_plan(common: CommonAttentionMetadata) -> Optional[PrefillPlan]
 
 class NpuAttentionImpl(AttentionImpl):
 
-    def forward(self, q, k, v, kv_cache, md: NpuAttentionMetadata):
+    def forward(self, q, k, v, kv_cache, md):
         key_cache, value_cache = kv_cache[0], kv_cache[1]  # (num_blocks, block_size, KVH, D)
+        if isinstance(md, NpuGraphMetadata):
+            return self._graph_decode(q, k, v, key_cache, value_cache, md)
         device_md = md.on(q.device)
         num_tokens = md.common.num_actual_tokens
         q = q[:num_tokens].contiguous()  # (T, H, D)
         k = k[:num_tokens].contiguous()  # (T, KVH, D)
         v = v[:num_tokens].contiguous()  # (T, KVH, D)
-        if md.graph_mode:
-            return self._graph_decode(q, k, v, key_cache, value_cache, md, device_md)
         npu_ops.reshape_and_cache(k, v, key_cache, value_cache, device_md["slots"])
         out = torch.empty_like(q)  # (T, H, D)
         nd = md.num_decodes
@@ -107,7 +141,7 @@ class NpuAttentionImpl(AttentionImpl):
 
     def _prefill_fresh(self, q, k, v, plan: PrefillPlan, out) -> None:
         """Prompts with nothing cached: causal attention over their own tokens."""
-        mask = prompt_causal_mask(max(plan.query_lens), q.dtype, q.device)  # (S, S)
+        mask = plan.causal_mask(q.dtype, q.device)  # (S, S)
         npu_ops.flash_attention(q, k, v, mask, plan.query_lens_host, self.scale,
                                 self.num_heads, self.num_kv_heads, out)
 
@@ -123,18 +157,18 @@ class NpuAttentionImpl(AttentionImpl):
             compressed_causal_mask(q.device), self.scale, self.num_heads, self.num_kv_heads)
         return out[rows, cols]  # (Tp, H, D)
 
-    def _graph_decode(self, q, k, v, key_cache, value_cache, md, device_md):
-        """Decode-only step inside a TorchAir graph (compiled with dynamic=True, so the
-        sequence lengths are symbolic ints, not constants baked into the graph)."""
-        slots = device_md["slots"].long().unsqueeze(1)  # (B, 1)
-        npu_ops.scatter_nd_update(key_cache.flatten(0, 1), slots, k)
-        npu_ops.scatter_nd_update(value_cache.flatten(0, 1), slots, v)
-        out = npu_ops.fused_infer_attention(
-            q.unsqueeze(1), key_cache.flatten(2), value_cache.flatten(2),
-            device_md["decode_block_table"], [1] * q.shape[0],
-            md.common.seq_lens_list, None, self.scale, self.num_heads,
+    def _graph_decode(self, q, k, v, key_cache, value_cache, md: NpuGraphMetadata):
+        """Decode-only step inside a TorchAir graph: every input is a device tensor."""
+        block_size = key_cache.shape[1]
+        slots = md.slots  # (B,) int64
+        indices = torch.stack([slots // block_size, slots % block_size], dim=1)  # (B, 2)
+        npu_ops.scatter_nd_update(key_cache, indices, k.contiguous())  # k: (B, KVH, D)
+        npu_ops.scatter_nd_update(value_cache, indices, v.contiguous())  # v: (B, KVH, D)
+        out = npu_ops.fused_infer_attention_graph(
+            q.contiguous().unsqueeze(1), key_cache.flatten(2), value_cache.flatten(2),
+            md.block_table, md.seq_lens, self.scale, self.num_heads,
             self.num_kv_heads)  # (B, 1, H, D)
-        return out.squeeze(1)
+        return out.squeeze(1)  # (B, H, D)
 
 
 class NpuAttentionBackend(AttentionBackend):
@@ -155,11 +189,14 @@ class NpuAttentionBackend(AttentionBackend):
             prefill=build_prefill_plan(common))
 
     @staticmethod
-    def build_graph_metadata(common: CommonAttentionMetadata) -> NpuAttentionMetadata:
-        """Metadata of a decode-only step that runs inside a TorchAir graph."""
-        metadata = NpuAttentionBackend.build_metadata(common)
-        metadata.graph_mode = True
-        return metadata
+    def build_graph_metadata(common: CommonAttentionMetadata) -> NpuGraphStep:
+        """A padded decode-only step for a TorchAir graph; `.on(device)` gives its inputs."""
+        return NpuGraphStep(common)
+
+    @staticmethod
+    def graph_metadata(inputs: dict[str, torch.Tensor]) -> NpuGraphMetadata:
+        """Inside the compiled step: the metadata over its tensor inputs."""
+        return NpuGraphMetadata(**inputs)
 
     @staticmethod
     def gather_kv(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

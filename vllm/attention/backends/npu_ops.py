@@ -79,8 +79,30 @@ def fused_infer_attention(query: torch.Tensor,  # (B, S, H, D), each request's r
     return out  # (B, S, H, D)
 
 
-def scatter_nd_update(cache: torch.Tensor,  # (num_slots, KVH, D), a view of the cache
-                      indices: torch.Tensor,  # (T, 1) int64 slot ids
+def fused_infer_attention_graph(query: torch.Tensor,  # (B, 1, H, D), one token per request
+                                key_cache: torch.Tensor,  # (num_blocks, block_size, KVH * D)
+                                value_cache: torch.Tensor,  # (num_blocks, block_size, KVH * D)
+                                block_table: torch.Tensor,  # (B, max_blocks) int32, device
+                                seq_lens: torch.Tensor,  # (B,) int64, device
+                                scale: float, num_heads: int,
+                                num_kv_heads: int) -> torch.Tensor:
+    # TorchAir's own npu_fused_infer_attention_score (TorchAir user guide, "custom ops":
+    # torchair.ops.npu_fused_infer_attention_score): the torch_npu schema with
+    # actual_seq_lengths / actual_seq_lengths_kv as Tensors, so sequence lengths are graph
+    # inputs instead of SymInt constants; graph mode only (it refuses to run eagerly).
+    # Decode: one query token per request, no mask (sparse_mode 0).
+    import torchair
+    query_lens = torch.ones_like(seq_lens)  # (B,) int64
+    out, _ = torchair.ops.npu_fused_infer_attention_score(
+        query, key_cache, value_cache, atten_mask=None, block_table=block_table,
+        actual_seq_lengths=query_lens, actual_seq_lengths_kv=seq_lens, num_heads=num_heads,
+        num_key_value_heads=num_kv_heads, scale=scale, input_layout="BSND", sparse_mode=0,
+        block_size=key_cache.shape[1])
+    return out  # (B, 1, H, D)
+
+
+def scatter_nd_update(cache: torch.Tensor,  # (num_blocks, block_size, KVH, D), the cache
+                      indices: torch.Tensor,  # (T, 2) int64: (block id, offset in block)
                       updates: torch.Tensor) -> None:  # (T, KVH, D)
     # torch_npu.npu_scatter_nd_update_(Tensor(a!) input, Tensor indices, Tensor updates)
     # -> Tensor(a!), torch_npu 2.5.1 API reference: indices (..., K) address the first K dims

@@ -8,6 +8,7 @@ from collections import Counter
 
 import torch
 
+import fake_device  # noqa: F401  (registers torch.ops.fake_npu.*)
 from torch_npu import _checks as C
 from torch_npu._checks import FakeNpuContractError  # noqa: F401
 from torch_npu._math import attend, causal, paged_tokens
@@ -31,7 +32,7 @@ def _npu_reshape_and_cache(*, key, value, key_cache, value_cache, slot_indices):
     C.tensor(op, "value", value, 3, _CACHE_TYPES)
     C.tensor(op, "key_cache", key_cache, 4, _CACHE_TYPES)
     C.tensor(op, "value_cache", value_cache, 4, _CACHE_TYPES)
-    C.tensor(op, "slot_indices", slot_indices, 1, _INT32)
+    C.tensor(op, "slot_indices", slot_indices, 1, _INT32, device=True)
     for name, t in (("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
         C.same(op, f"{name} dtype vs key dtype", t.dtype, key.dtype)
     C.same(op, "key vs value shape", tuple(key.shape), tuple(value.shape))
@@ -95,7 +96,7 @@ def _npu_paged_attention(*, query, key_cache, value_cache, num_kv_heads, num_hea
     C.tensor(op, "query", query, 3, C.HALF_TYPES)
     C.tensor(op, "key_cache", key_cache, 4, (query.dtype,))
     C.tensor(op, "value_cache", value_cache, 4, (query.dtype,))
-    C.tensor(op, "block_table", block_table, 2, _INT32)
+    C.tensor(op, "block_table", block_table, 2, _INT32, device=True)
     C.tensor(op, "context_lens", context_lens, 1, _INT32, host=True)
     C.tensor(op, "out", out, 3, (query.dtype,))
     C.integer(op, "num_heads", num_heads)
@@ -151,6 +152,18 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     for name in _FIA_UNSUPPORTED:
         if given[name] is not None:
             C.fail(op, f"the fake implements no {name}")
+    batch = query.shape[0] if isinstance(query, torch.Tensor) else 0
+    q_lens = C.int_list(op, "actual_seq_lengths", actual_seq_lengths, batch)
+    kv_lens = C.int_list(op, "actual_seq_lengths_kv", actual_seq_lengths_kv, batch)
+    return fused_infer_attention(op, query, key, value, atten_mask, block_table, q_lens,
+                                 kv_lens, num_heads, num_key_value_heads, scale,
+                                 input_layout, sparse_mode, block_size)
+
+
+def fused_infer_attention(op, query, key, value, atten_mask, block_table, q_lens, kv_lens,
+                          num_heads, num_key_value_heads, scale, input_layout, sparse_mode,
+                          block_size):
+    """The page-attention form, BSND; shared with the fake torchair's graph-only op."""
     if input_layout != "BSND":
         C.fail(op, f"the fake implements input_layout BSND only, got {input_layout!r}")
     if block_table is None:
@@ -166,8 +179,6 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
         C.fail(op, f"D must be 16-aligned for float16/bfloat16, got {d}")
     C.real(op, "scale", scale)
     _check_paged_kv(op, key, value, query, block_table, block_size, kv_heads * d)
-    q_lens = C.int_list(op, "actual_seq_lengths", actual_seq_lengths, batch)
-    kv_lens = C.int_list(op, "actual_seq_lengths_kv", actual_seq_lengths_kv, batch)
     _check_sparse(op, q_s, sparse_mode, atten_mask, q_lens, kv_lens)
     out = torch.full_like(query, float("nan"))  # rows past actual_seq_lengths: undefined
     keys, values = key.view(*key.shape[:2], kv_heads, d), value.view(*value.shape[:2], kv_heads, d)
@@ -185,7 +196,7 @@ def _check_paged_kv(op, key, value, query, block_table, block_size, hidden):
     C.tensor(op, "value", value, 3, (query.dtype,))
     C.same(op, "key vs value shape", tuple(key.shape), tuple(value.shape))
     C.same(op, "key H vs num_key_value_heads * D", key.shape[2], hidden)
-    C.tensor(op, "block_table", block_table, 2, _INT32)
+    C.tensor(op, "block_table", block_table, 2, _INT32, device=True)
     C.same(op, "block_table rows vs B", block_table.shape[0], query.shape[0])
     C.integer(op, "block_size", block_size)
     C.same(op, "block_size vs key blocksize", block_size, key.shape[1])
@@ -214,8 +225,9 @@ def _check_sparse(op, q_s, sparse_mode, atten_mask, q_lens, kv_lens):
 
 
 def npu_scatter_nd_update_(input, indices, updates):  # noqa: A002  (the documented name)
+    """Shape and dtype checks here (traceable); the write is a custom op TorchAir graphs
+    can hold (fake_device.scatter_nd_update_ -> _scatter_nd_update_kernel)."""
     op = "npu_scatter_nd_update_"
-    CALLS[op] += 1
     if not isinstance(input, torch.Tensor) or not isinstance(indices, torch.Tensor):
         C.fail(op, "input and indices must be Tensors")
     if indices.dtype not in (torch.int32, torch.int64) or indices.dim() < 1:
@@ -224,6 +236,16 @@ def npu_scatter_nd_update_(input, indices, updates):  # noqa: A002  (the documen
     want = tuple(indices.shape[:-1]) + tuple(input.shape[depth:])
     C.same(op, "updates shape", tuple(updates.shape), want)
     C.same(op, "updates dtype", updates.dtype, input.dtype)
-    flat_index = indices.reshape(-1, depth).long()
-    input[tuple(flat_index.t())] = updates.reshape(-1, *input.shape[depth:])
+    torch.ops.fake_npu.scatter_nd_update_(input, indices, updates)
     return input
+
+
+def _scatter_nd_update_kernel(cache, indices, updates) -> None:
+    op = "npu_scatter_nd_update_"
+    CALLS[op] += 1
+    depth = indices.shape[-1]
+    flat_index = indices.reshape(-1, depth).long()  # (N, K)
+    bounds = torch.tensor(cache.shape[:depth])  # (K,)
+    if bool(((flat_index < 0) | (flat_index >= bounds)).any()):
+        C.fail(op, f"indices outside the first {depth} dims {tuple(cache.shape[:depth])}")
+    cache[tuple(flat_index.t())] = updates.reshape(-1, *cache.shape[depth:])

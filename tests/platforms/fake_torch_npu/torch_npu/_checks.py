@@ -2,6 +2,8 @@
 contract raises FakeNpuContractError, naming the op and the argument."""
 import torch
 
+from fake_device import is_device
+
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
@@ -14,7 +16,9 @@ def fail(op: str, message: str):
 
 
 def tensor(op: str, name: str, value, dims: int, dtypes=None, contiguous: bool = True,
-           host: bool = False) -> torch.Tensor:
+           host: bool = False, device: bool = False) -> torch.Tensor:
+    """host: must stay on the host (never marked); device: must have crossed to the device
+    (marked by the metadata's `.on()`, fake_device.DeviceTensor)."""
     if not isinstance(value, torch.Tensor):
         fail(op, f"{name} must be a Tensor, got {type(value).__name__}")
     if value.dim() != dims:
@@ -23,8 +27,10 @@ def tensor(op: str, name: str, value, dims: int, dtypes=None, contiguous: bool =
         fail(op, f"{name} dtype must be one of {dtypes}, got {value.dtype}")
     if contiguous and not value.is_contiguous():
         fail(op, f"{name} must be contiguous (ND format)")
-    if host and value.device.type != "cpu":
-        fail(op, f"{name} must be a host (CPU) tensor, got {value.device}")
+    if host and (value.device.type != "cpu" or is_device(value)):
+        fail(op, f"{name} must be a host (CPU) tensor, got a device one")
+    if device and not is_device(value):
+        fail(op, f"{name} must be a device tensor, got a host one")
     return value
 
 

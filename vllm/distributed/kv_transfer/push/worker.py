@@ -143,6 +143,7 @@ class PushConnectorWorker(KVConnectorWorker):
             return sender
 
     def _send_loop(self, pair: PairKey, items: queue.Queue) -> None:
+        current_platform.set_device(self._device())  # a new thread starts on device 0
         broken: Optional[str] = None
         while True:
             item = items.get()
@@ -207,6 +208,7 @@ class PushConnectorWorker(KVConnectorWorker):
         thread.start()
 
     def _receive_loop(self, pair: PairKey, store_addr: str) -> None:
+        current_platform.set_device(self._device())  # a new thread starts on device 0
         try:
             group = self.groups.get(pair, store_addr, CONSUMER)
             while True:
