@@ -154,3 +154,28 @@ def test_environment_variables_become_flags(tmp_path):
     done = subprocess.run(["bash", os.path.join(REPO_ROOT, "benchmarks", "pd_vs_colocated.sh")],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and "--num-prompts must be at least 1" in done.stderr
+
+
+SAVED_RUN = os.path.join(REPO_ROOT, "benchmarks", "results", "2026-11-21")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SAVED_RUN, "meta.json")),
+                    reason="no saved run in the tree")
+def test_saved_run_table_is_rebuilt_exactly_from_its_raw_json(tmp_path):
+    """The committed table.md follows from the committed raw JSON (nothing edited by hand),
+    and its means agree with the per-request samples benchmark_serving saved."""
+    import shutil
+    shutil.copytree(os.path.join(SAVED_RUN, "raw"), tmp_path / "raw")
+    shutil.copy(os.path.join(SAVED_RUN, "meta.json"), tmp_path / "meta.json")
+    summary = write_report(str(tmp_path))
+    with open(os.path.join(SAVED_RUN, "table.md"), encoding="utf-8") as handle:
+        assert (tmp_path / "table.md").read_text() == handle.read()
+    for name in ("colocated", "colocated_tp", "pd"):
+        with open(os.path.join(SAVED_RUN, "raw", f"{name}.json"), encoding="utf-8") as handle:
+            result = json.load(handle)
+        assert result["failed"] == 0 and summary["setups"][name]["failed"] == 0
+        assert np.mean(samples.ttfts_ms(result)) == pytest.approx(result["mean_ttft_ms"])
+        # the client's TPOT ends at the response's end, the samples' at the last token
+        assert np.mean(samples.tpots_ms(result)) == pytest.approx(result["mean_tpot_ms"],
+                                                                  rel=1e-2)
+        assert np.mean(samples.itls_ms(result)) == pytest.approx(result["mean_itl_ms"])

@@ -21,9 +21,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model folder or .gguf [the demo model]")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=192)
-    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--num-prompts", type=int, default=24)
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--request-rate", type=float, default=4.0)
+    p.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="lengths drawn from [len * (1 - r), len * (1 + r)], as benchmark_serving")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cores", default=None,
                    help="core list shared by every setup, e.g. 0-1 [the cores this process may use]")
@@ -36,11 +38,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--decode-cores", default=None, help="the same for decode instances")
     p.add_argument("--colocated-tp", type=int, default=None,
                    help="TP of the second colocated baseline [the number of cores; 0 skips it]")
-    p.add_argument("--sweep-rates", default="0.25,0.5,1,2",
+    p.add_argument("--sweep-rates", default="0.25,0.5,1",
                    help="request rates (req/s) of the goodput sweep; empty skips it")
-    p.add_argument("--sweep-num-prompts", type=int, default=16)
-    p.add_argument("--ttft-slo-ms", type=float, default=3000.0)
-    p.add_argument("--tpot-slo-ms", type=float, default=100.0)
+    p.add_argument("--sweep-num-prompts", type=int, default=12)
+    p.add_argument("--ttft-slo-ms", type=float, default=2000.0)
+    p.add_argument("--tpot-slo-ms", type=float, default=150.0)
     p.add_argument("--serve-args", default="--max-model-len 2048",
                    help="extra `vllm serve` flags for every instance")
     p.add_argument("--base-port", type=int, default=39200)
@@ -58,6 +60,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
                  "num_decode", "prefill_tp", "decode_tp", "sweep_num_prompts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.random_range_ratio < 1:
+        parser.error("--random-range-ratio must be in [0, 1)")
     if args.request_rate <= 0:
         parser.error("--request-rate must be positive (inf for all at once)")
     try:
@@ -127,13 +131,16 @@ def _pd_script_env(args, logs: str, serve_args: list[str]) -> dict:
 
 
 def bench(args, setup: ServingSetup, path: str, num_prompts: int, rate: float,
-          max_concurrency: Optional[int]) -> dict:
-    """One benchmark_serving run; its saved JSON is returned and left at `path`."""
+          max_concurrency: Optional[int], seed: int) -> dict:
+    """One benchmark_serving run; its saved JSON is returned and left at `path`. Each run
+    against a server gets its own seed, so no run finds its prompts in the prefix cache."""
     command = [sys.executable, BENCHMARK_SCRIPT, "--backend", "vllm", "--base-url", setup.url,
                "--dataset-name", "random", "--tokenizer", args.model,
                "--random-input-len", str(args.input_len),
-               "--random-output-len", str(args.output_len), "--num-prompts", str(num_prompts),
-               "--request-rate", str(rate), "--ignore-eos", "--seed", str(args.seed),
+               "--random-output-len", str(args.output_len),
+               "--random-range-ratio", str(args.random_range_ratio),
+               "--num-prompts", str(num_prompts),
+               "--request-rate", str(rate), "--ignore-eos", "--seed", str(seed),
                "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
                "--disable-tqdm", "--save-result", "--result-dir", os.path.dirname(path),
                "--result-filename", os.path.basename(path)]
@@ -152,15 +159,15 @@ def run_setup(args, setup: ServingSetup, raw_dir: str, sweep: bool) -> None:
     setup.start()
     try:
         result = bench(args, setup, os.path.join(raw_dir, f"{setup.name}.json"),
-                       args.num_prompts, args.request_rate, args.max_concurrency)
+                       args.num_prompts, args.request_rate, args.max_concurrency, args.seed)
         print(f"[pd_vs_colocated] {setup.label}: {result['completed']} completed, "
               f"mean TPOT {result['mean_tpot_ms']:.1f} ms, p99 ITL {result['p99_itl_ms']:.1f} "
               f"ms, {result['request_throughput']:.3f} req/s", flush=True)
         if sweep:
             os.makedirs(os.path.join(raw_dir, "sweep"), exist_ok=True)
-            for rate in args.sweep_rates:
+            for index, rate in enumerate(args.sweep_rates):
                 bench(args, setup, os.path.join(raw_dir, "sweep", f"{setup.name}_rate{rate:g}.json"),
-                      args.sweep_num_prompts, rate, None)
+                      args.sweep_num_prompts, rate, None, seed=args.seed + 1 + index)
                 print(f"[pd_vs_colocated] {setup.label}: swept {rate:g} req/s", flush=True)
     finally:
         setup.stop()
@@ -174,7 +181,8 @@ def write_meta(args, result_dir: str, setups: list[ServingSetup], argv: list[str
         "command": " ".join(["bash benchmarks/pd_vs_colocated.sh", *argv]),
         "workload": {"input_len": args.input_len, "output_len": args.output_len,
                      "num_prompts": args.num_prompts, "max_concurrency": args.max_concurrency,
-                     "request_rate": args.request_rate, "seed": args.seed},
+                     "request_rate": args.request_rate, "seed": args.seed,
+                     "random_range_ratio": args.random_range_ratio},
         "setups": [{"name": s.name, "label": s.label} for s in setups],
         "sweep_setups": [s.name for s in setups if s.name in ("colocated", "pd")],
         "sweep_rates": args.sweep_rates, "sweep_num_prompts": args.sweep_num_prompts,

@@ -93,6 +93,7 @@ def _markdown(meta: dict, results: dict, summary: dict, labels: dict) -> str:
              f"Workload: random, {workload['input_len']} in / {workload['output_len']} out, "
              f"{workload['num_prompts']} prompts, max concurrency "
              f"{workload['max_concurrency']}, request rate {workload['request_rate']}, "
+             f"range ratio {workload.get('random_range_ratio', 0.0):g}, "
              f"ignore-eos, seed {workload['seed']}.\n",
              f"Command: `{meta['command']}`\n",
              markdown_table(rows, differences)]
