@@ -22,6 +22,7 @@ def plot_cdfs(results: dict[str, dict], metric: str, path: str) -> None:
         if values.size:
             shares = np.arange(1, values.size + 1) / values.size
             axes.step(values, shares, where="post", label=label)
+    axes.set_xscale("log")  # the tails (prefill stalls) sit decades above the medians
     axes.set_xlabel(title)
     axes.set_ylabel("share of samples")
     axes.set_ylim(0, 1.02)
