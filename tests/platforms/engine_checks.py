@@ -14,7 +14,8 @@ KVT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if KVT_DIR not in sys.path:
     sys.path.insert(0, KVT_DIR)
 
-from kvt_harness import Collected, drive, plain_request, unique_id  # noqa: E402
+from kvt_harness import (Collected, consumer_request, drive, idle, kv_port_of,  # noqa: E402
+                         plain_request, producer_request, unique_id)
 
 NEAR_TIE_NATS = 0.1  # logprob gap between the reference's best two tokens
 GREEDY = SamplingParams(temperature=0, max_tokens=10, logprobs=2, ignore_eos=True)
@@ -63,3 +64,17 @@ def assert_same_greedy(got: list[list[int]], want: list[list[int]], want_logprob
                                      f"reference is sure (top-2 gap {gap:.3f}): {have} vs "
                                      f"{expect}")
     assert exact >= min_exact * len(want), f"only {exact} of {len(want)} prompts match exactly"
+
+
+def run_1p1d(pd, prompts) -> tuple[list[str], Collected]:
+    """Each prompt through pd.producer into pd.consumer; the request ids and what the
+    consumer produced."""
+    ids = [unique_id("pd") for _ in prompts]
+    consumed = Collected()
+    for rid, prompt in zip(ids, prompts):
+        pd.producer.add_request(producer_request(pd.producer, rid, prompt))
+        pd.consumer.add_request(consumer_request(pd.consumer, rid, prompt, GREEDY,
+                                                 kv_port_of(pd.producer)))
+    drive({pd.producer: Collected(), pd.consumer: consumed},
+          lambda: idle(pd.producer, pd.consumer))
+    return ids, consumed

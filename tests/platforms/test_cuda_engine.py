@@ -3,10 +3,9 @@ with and without CUDA graphs, and 1P1D over NCCL equals a colocated instance."""
 import pytest
 import torch
 
-from engine_checks import GREEDY, random_prompts, run_prompts
+from engine_checks import GREEDY, random_prompts, run_1p1d, run_prompts
 from vllm.attention.backends.cuda import use_flash_attn
-from kvt_harness import (Collected, EngineSet, assert_clean, consumer_request, drive, idle,
-                         kv_config, kv_port_of, make_core, producer_request, unique_id)
+from kvt_harness import EngineSet, assert_clean, kv_config, make_core
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -54,14 +53,7 @@ def test_1p1d_over_nccl(tiny_model_dirs):
     pd = CudaPD(tiny_model_dirs["qwen2"])
     try:
         want, _ = run_prompts(pd.colocated, prompts)
-        ids = [unique_id("pd") for _ in prompts]
-        produced, consumed = Collected(), Collected()
-        for rid, prompt in zip(ids, prompts):
-            pd.producer.add_request(producer_request(pd.producer, rid, prompt))
-            pd.consumer.add_request(consumer_request(pd.consumer, rid, prompt, GREEDY,
-                                                     kv_port_of(pd.producer)))
-        drive({pd.producer: produced, pd.consumer: consumed},
-              lambda: idle(pd.producer, pd.consumer))
+        ids, consumed = run_1p1d(pd, prompts)
         assert [consumed.tokens[rid] for rid in ids] == want
         assert_clean(pd.producer, pd.consumer)
     finally:

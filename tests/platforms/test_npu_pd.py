@@ -1,9 +1,8 @@
 """1P1D in one process on the NPU platform and backend (fake torch_npu): the consumer's
 greedy tokens equal a colocated NPU engine's, and every block comes back."""
-from engine_checks import GREEDY, assert_same_greedy, random_prompts, run_prompts
+from engine_checks import assert_same_greedy, random_prompts, run_1p1d, run_prompts
 from fake_npu_platform import fake_npu
-from kvt_harness import (Collected, EngineSet, assert_clean, consumer_request, drive, idle,
-                         kv_config, kv_port_of, producer_request, unique_id)
+from kvt_harness import EngineSet, assert_clean, kv_config
 
 
 class NpuPD(EngineSet):
@@ -21,14 +20,7 @@ def test_npu_1p1d_tokens_equal_colocated(tiny_model_dirs):
         pd = NpuPD(tiny_model_dirs["qwen2"])
         try:
             want, want_lp = run_prompts(pd.colocated, prompts)
-            ids = [unique_id("pd") for _ in prompts]
-            produced, consumed = Collected(), Collected()
-            for rid, prompt in zip(ids, prompts):
-                pd.producer.add_request(producer_request(pd.producer, rid, prompt))
-                pd.consumer.add_request(consumer_request(pd.consumer, rid, prompt, GREEDY,
-                                                         kv_port_of(pd.producer)))
-            drive({pd.producer: produced, pd.consumer: consumed},
-                  lambda: idle(pd.producer, pd.consumer))
+            ids, consumed = run_1p1d(pd, prompts)
             got = [consumed.tokens[rid] for rid in ids]
             for rid, prompt in zip(ids, prompts):
                 assert consumed.num_cached[rid] == len(prompt) - 1, rid  # the KV moved
