@@ -154,7 +154,7 @@ def run_serve(command_line: str) -> subprocess.CompletedProcess:
     (SEED_DECODE_D2, "--data-parallel-size 4"),
     ("--kv-transfer-config '{oops'", "--kv-transfer-config: malformed JSON"),
     ("--max-model-len 0", "--max-model-len must be a positive integer"),
-    ("--tensor-parallel-size 8", "cannot be split over --tensor-parallel-size=8"),
+    ("--tensor-parallel-size 8", "3 KV heads cannot be spread over --tensor-parallel-size=8"),
 ], ids=["seed-prefill-P1", "seed-decode-D2", "bad-json", "config-error", "tp-8"])
 def test_refusals_print_one_line_and_exit_2(command_line, named):
     result = run_serve(command_line)
