@@ -5,6 +5,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from typing import Optional
@@ -178,7 +179,7 @@ def write_meta(args, result_dir: str, setups: list[ServingSetup], argv: list[str
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(args.core_ids),
         "model": args.model,
-        "command": " ".join(["bash benchmarks/pd_vs_colocated.sh", *argv]),
+        "command": shlex.join(["bash", "benchmarks/pd_vs_colocated.sh", *argv]),
         "workload": {"input_len": args.input_len, "output_len": args.output_len,
                      "num_prompts": args.num_prompts, "max_concurrency": args.max_concurrency,
                      "request_rate": args.request_rate, "seed": args.seed,
