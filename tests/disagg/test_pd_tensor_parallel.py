@@ -1,6 +1,7 @@
 """KV pushed between instances of different tensor-parallel sizes is resharded by KV head:
-producer TP=2 into consumer TP=1 and the reverse return the colocated tokens (a tiny random
-Llama with 2 KV heads, so TP=2 holds one head per rank)."""
+producer TP=2 into consumer TP=1 and the reverse return the colocated tokens, for a tiny
+random Llama with 2 KV heads (TP=2 holds one per rank) and a tiny Qwen2 with 3 (TP=2
+holds 2 + 1: an uneven split)."""
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,9 +13,10 @@ from pd_cluster import Proxy, start_instance, start_plain, wait_free_blocks, fre
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_cluster(tiny_model_dirs, demo_model_dir):
-    model = [tiny_model_dirs["llama"], "--tokenizer", demo_model_dir]
+@pytest.fixture(scope="module", params=["llama", "qwen2_3kv"])
+def tiny_cluster(request, tiny_model_dirs, uneven_qwen2, demo_model_dir):
+    path = tiny_model_dirs["llama"] if request.param == "llama" else uneven_qwen2
+    model = [path, "--tokenizer", demo_model_dir]
     short = ["--max-model-len", "512"]  # the tiny model's positions
     tp2 = [*short, "--tensor-parallel-size", "2"]
     servers = {
