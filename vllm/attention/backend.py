@@ -46,10 +46,11 @@ class AttentionBackend(ABC):
     impl_cls: type[AttentionImpl]
 
     @staticmethod
-    @abstractmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
                            head_size: int) -> tuple[int, ...]:
-        """Shape of one layer's KV cache tensor."""
+        """Shape of one layer's KV cache tensor; the default layout, which the gather/scatter
+        defaults below serve, is (2, num_blocks, block_size, KVH, D)."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @staticmethod
     def build_metadata(common: CommonAttentionMetadata):

@@ -47,7 +47,3 @@ def gather_sequence(cache: torch.Tensor, block_row: torch.Tensor, seq_len: int) 
 class CPUAttentionBackend(AttentionBackend):
     name = "CPU_ATTN"
     impl_cls = CPUAttentionImpl
-
-    @staticmethod
-    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):
-        return (2, num_blocks, block_size, num_kv_heads, head_size)

@@ -148,9 +148,5 @@ class CudaAttentionBackend(AttentionBackend):
     impl_cls = CudaAttentionImpl
 
     @staticmethod
-    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    @staticmethod
     def build_metadata(common: CommonAttentionMetadata) -> CudaAttentionMetadata:
         return CudaAttentionMetadata(common)

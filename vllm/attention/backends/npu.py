@@ -176,10 +176,6 @@ class NpuAttentionBackend(AttentionBackend):
     impl_cls = NpuAttentionImpl
 
     @staticmethod
-    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):
-        return (2, num_blocks, block_size, num_kv_heads, head_size)
-
-    @staticmethod
     def build_metadata(common: CommonAttentionMetadata) -> NpuAttentionMetadata:
         nd = common.num_decodes
         return NpuAttentionMetadata(
