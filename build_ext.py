@@ -30,9 +30,10 @@ def compile_flags() -> list:
     march = os.environ.get("VLLM_CPU_MARCH", "native")
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run
     # on one thread. torch ships libgomp, which the extension then shares.
-    # -Wno-maybe-uninitialized: silences a GCC 12 false positive inside its own
-    # AVX-512 reduce intrinsics.
-    return ["-O3", f"-march={march}", "-fopenmp", "-Wno-maybe-uninitialized"]
+    # -Wno-(maybe-)uninitialized: silence GCC 12 false positives inside its own
+    # AVX-512 intrinsics (_mm512_reduce_add_ps, _mm512_cvtepu8_epi32).
+    return ["-O3", f"-march={march}", "-fopenmp", "-Wno-maybe-uninitialized",
+            "-Wno-uninitialized"]
 
 
 def cpu_extensions() -> list:

@@ -25,3 +25,15 @@ void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
 void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
                        torch::Tensor& key_cache, torch::Tensor& value_cache,
                        const torch::Tensor& slot_mapping);
+
+// y = x W^T (+ bias) with W in GGUF blocks of 32 weights (see gguf_blocks.h).
+//   out:           (m, n) float32, contiguous
+//   x:             (m, k) float32, contiguous; k a multiple of 32
+//   weight_blocks: (n, k / 32, block bytes) uint8, contiguous: row r of W
+//   qtype:         the ggml type: 3 = Q4_1 (20 bytes), 8 = Q8_0 (34 bytes)
+//   bias:          (n,) float32 or None
+// Meant for small m (decode batches): every block is dequantised once per
+// eight rows of x.
+void gguf_linear(torch::Tensor& out, const torch::Tensor& x,
+                 const torch::Tensor& weight_blocks, int64_t qtype,
+                 const std::optional<torch::Tensor>& bias);

@@ -13,6 +13,10 @@ TORCH_LIBRARY_FRAGMENT(_C, ops) {
       "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, "
       "Tensor(b!) value_cache, Tensor slot_mapping) -> ()");
   ops.impl("reshape_and_cache", torch::kCPU, &reshape_and_cache);
+  ops.def(
+      "gguf_linear(Tensor(a!) out, Tensor x, Tensor weight_blocks, int qtype, "
+      "Tensor? bias) -> ()");
+  ops.impl("gguf_linear", torch::kCPU, &gguf_linear);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -9,6 +9,9 @@ from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
 DEFAULT_KV_CACHE_GIB = 4.0
+# Batches up to this many tokens use the GGUF-block kernel; above it MKL's float32 GEMM is
+# faster (benchmarks/benchmark_gguf_linear.py: the kernel still wins at 64 on AVX-512).
+GGUF_KERNEL_MAX_TOKENS = 64
 
 
 class CpuPlatform(Platform):
@@ -43,6 +46,15 @@ class CpuPlatform(Platform):
         if memory_utilization is not None:
             return int(available * memory_utilization * 0.5) // ranks_on_host
         return int(min(DEFAULT_KV_CACHE_GIB * GiB, available * 0.5)) // ranks_on_host
+
+    def gguf_block_kernel(self):
+        if os.environ.get("VLLM_CPU_GGUF_KERNELS", "1") == "0":
+            return None
+        try:
+            import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
+            return torch.ops._C.gguf_linear, GGUF_KERNEL_MAX_TOKENS
+        except (ImportError, AttributeError, RuntimeError):
+            return None
 
     def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
         import torch.distributed as dist

@@ -66,5 +66,11 @@ class Platform:
         `num_shapes` distinct input shapes, each of which must compile once only."""
         raise NotImplementedError
 
+    # ---- GGUF block weights (vllm/model_executor/layers/gguf_blocks.py) -------------------
+    def gguf_block_kernel(self) -> Optional[tuple[Callable, int]]:
+        """(op, max tokens): an op `op(out, x, blocks, qtype, bias)` computing x W^T + b for
+        float32 x of at most `max tokens` rows with W in GGUF blocks, or None."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

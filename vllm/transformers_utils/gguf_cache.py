@@ -2,7 +2,8 @@
 
 Dequantising a GGUF file and parsing its config and tokenizer costs ~15 s per start; the
 converted folder (config.json, tokenizer files, model.safetensors in the model's dtype of
-float32) loads in about one. Set VLLM_GGUF_CACHE=0 to read the GGUF file every time.
+float32, and gguf_blocks/blocks.safetensors with the file's Q4_1 / Q8_0 blocks for the
+small-batch kernel) loads in about one. Set VLLM_GGUF_CACHE=0 to read the GGUF file every time.
 """
 import hashlib
 import os
@@ -13,7 +14,7 @@ from vllm.logger import init_logger
 from vllm.transformers_utils.model_path import is_gguf_path
 
 logger = init_logger(__name__)
-_FORMAT_VERSION = "1"
+_FORMAT_VERSION = "3"  # 3: with the GGUF blocks beside the float32 weights
 _DONE_MARKER = "conversion-complete"
 
 
@@ -51,6 +52,8 @@ def resolve_model_source(path: str) -> str:
 def _convert(path: str, folder: str) -> None:
     from safetensors.torch import save_file
 
+    from vllm.model_executor.model_loader.gguf_block_weights import (
+        extract_gguf_blocks, save_gguf_blocks)
     from vllm.model_executor.model_loader.gguf_weights import iterate_gguf
     from vllm.transformers_utils.config import get_hf_config
     from vllm.transformers_utils.tokenizer import get_tokenizer
@@ -64,6 +67,7 @@ def _convert(path: str, folder: str) -> None:
         get_tokenizer(path).save_pretrained(staging)
         tensors = {name: tensor.contiguous()
                    for name, tensor in iterate_gguf(path, config, torch.float32)}
+        save_gguf_blocks(staging, extract_gguf_blocks(path, tensors))
         save_file(tensors, os.path.join(staging, "model.safetensors"))
         open(os.path.join(staging, _DONE_MARKER), "w").close()
         os.rename(staging, folder)

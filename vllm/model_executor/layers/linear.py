@@ -2,12 +2,12 @@
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vllm.distributed.communication_op import (
     tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce)
 from vllm.distributed.head_split import head_shard
+from vllm.model_executor.layers.gguf_blocks import PackedLinear, packed_or_dense_linear
 from vllm.model_executor.layers.weight_utils import (
     copy_checked, divide, narrow_checked, new_parameter, tp_rank_and_size)
 
@@ -31,6 +31,7 @@ class ColumnParallelLinear(nn.Module):
             output_size, self.tp_size, f"{prefix or 'linear'} output size")
         self.gather_output = gather_output
         self.weight = new_parameter(self.output_size_per_partition, input_size)
+        self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
         self.weight.weight_loader = self.weight_loader
         if bias:
             self.bias = new_parameter(self.output_size_per_partition)
@@ -48,7 +49,8 @@ class ColumnParallelLinear(nn.Module):
         copy_checked(param.data, shard, self.prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)  # (num_tokens, output_size_per_partition)
+        # (num_tokens, output_size_per_partition)
+        out = packed_or_dense_linear(x, self.weight, self.bias, self.packed)
         if self.gather_output:
             out = tensor_model_parallel_all_gather(out, dim=-1)
         return out
@@ -172,6 +174,7 @@ class RowParallelLinear(nn.Module):
         self.input_start, self.input_size_per_partition = input_partition
         self.reduce_results = reduce_results
         self.weight = new_parameter(output_size, self.input_size_per_partition)
+        self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
         self.weight.weight_loader = self.weight_loader
         if bias:
             self.bias = new_parameter(output_size)
@@ -192,8 +195,10 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)  # (num_tokens, output_size)
-        out = F.linear(x, self.weight)  # (num_tokens, output_size), partial sum
+            # (num_tokens, output_size)
+            return packed_or_dense_linear(x, self.weight, self.bias, self.packed)
+        # (num_tokens, output_size), partial sum
+        out = packed_or_dense_linear(x, self.weight, None, self.packed)
         if self.reduce_results:
             out = tensor_model_parallel_all_reduce(out)
         if self.bias is not None and (self.reduce_results or self.tp_rank == 0):

@@ -7,6 +7,7 @@ from torch import nn
 
 from vllm.distributed.communication_op import (
     tensor_model_parallel_all_gather, tensor_model_parallel_all_reduce)
+from vllm.model_executor.layers.gguf_blocks import PackedLinear, packed_or_dense_linear
 from vllm.model_executor.layers.weight_utils import (
     copy_checked, narrow_checked, new_parameter, tp_rank_and_size)
 
@@ -60,6 +61,7 @@ class ParallelLMHead(VocabParallelEmbedding):
                  prefix: str = ""):
         super().__init__(num_embeddings, embedding_dim, prefix)
         self.bias: Optional[nn.Parameter] = None
+        self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
         if bias:
             self.bias = new_parameter(self.rows_per_partition)
             self.bias.weight_loader = self.weight_loader
@@ -75,7 +77,8 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(N, embedding_dim) hidden states -> (N, num_embeddings) float32 logits."""
-        logits = F.linear(hidden_states, self.weight, self.bias)  # (N, rows_per_partition)
+        # (N, rows_per_partition)
+        logits = packed_or_dense_linear(hidden_states, self.weight, self.bias, self.packed)
         if self.tp_size > 1:
             logits = tensor_model_parallel_all_gather(logits, dim=-1)
             logits = logits[:, :self.num_embeddings]  # (N, num_embeddings)

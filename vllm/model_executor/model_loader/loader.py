@@ -7,9 +7,14 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from vllm.logger import init_logger
+from vllm.model_executor.model_loader.gguf_block_weights import attach_gguf_blocks
 from vllm.model_executor.model_loader.gguf_weights import iterate_gguf
 from vllm.model_executor.model_loader.safetensors_weights import iterate_safetensors
 from vllm.model_executor.models.registry import resolve_model_cls
+from vllm.platforms import current_platform
+
+logger = init_logger(__name__)
 
 
 def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
@@ -27,6 +32,10 @@ def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
         model = model_cls(hf_config)
     with torch.no_grad():
         model.load_weights(weights)
+        if os.path.isdir(model_path):
+            packed = attach_gguf_blocks(model, model_path, current_platform.gguf_block_kernel())
+            if packed:
+                logger.info("%d layers multiply small batches on their GGUF blocks", packed)
     model.requires_grad_(False)
     return model.eval()
 

@@ -1,0 +1,218 @@
+"""GGUF block weights: the reference dequantisation, the small-batch kernel, loading
+blocks through the parallel layers' loaders, and the demo model on its blocks."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllm.distributed.parallel_state import init_tensor_parallel
+from vllm.model_executor.layers.gguf_blocks import (
+    BLOCK_BYTES, GGML_Q4_1, GGML_Q8_0, BlockMatrix, PackedLinear, dequantize,
+    packed_or_dense_linear)
+from vllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead, VocabParallelEmbedding)
+from vllm.platforms.cpu import CpuPlatform
+
+QTYPES = [GGML_Q4_1, GGML_Q8_0]
+
+
+def gguf_blocks(rows: int, cols: int, qtype: int, seed: int = 0) -> torch.Tensor:
+    """(rows, cols / 32, bytes) blocks quantised by gguf-py from random weights."""
+    from gguf import GGMLQuantizationType, quantize
+    values = np.random.default_rng(seed).normal(0, 0.05, (rows, cols)).astype(np.float32)
+    packed = quantize(values, GGMLQuantizationType(qtype))  # (rows, cols / 32 * bytes)
+    return torch.from_numpy(packed.copy()).reshape(rows, cols // 32, BLOCK_BYTES[qtype])
+
+
+def kernel():
+    found = CpuPlatform().gguf_block_kernel()
+    if found is None:
+        pytest.skip("vllm._C is not built")
+    return found[0]
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_reference_dequantize_equals_gguf_py(qtype):
+    from gguf import GGMLQuantizationType
+    from gguf import dequantize as gguf_dequantize
+    blocks = gguf_blocks(7, 96, qtype)
+    expected = gguf_dequantize(blocks.reshape(7, -1).numpy(), GGMLQuantizationType(qtype))
+    assert torch.equal(dequantize(blocks, qtype), torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 37, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_kernel_matches_float64_matmul(qtype, m, with_bias):
+    op = kernel()
+    n, k = 67, 160  # odd rows and several blocks: every tile shape and remainder
+    blocks = gguf_blocks(n, k, qtype, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    bias = torch.randn(n) if with_bias else None
+    out = torch.full((m, n), float("nan"))
+    op(out, x, blocks, qtype, bias)
+    expected = F.linear(x.double(), dequantize(blocks, qtype).double(),
+                        None if bias is None else bias.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_rejects_bad_arguments():
+    op = kernel()
+    blocks = gguf_blocks(4, 64, GGML_Q4_1)
+    x = torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="unsupported ggml type 2"):
+        op(torch.empty(2, 4), x, blocks, 2, None)
+    with pytest.raises(RuntimeError, match="x has 96 columns"):
+        op(torch.empty(2, 4), torch.randn(2, 96), blocks, GGML_Q4_1, None)
+    with pytest.raises(RuntimeError, match="out must be"):
+        op(torch.empty(2, 5), x, blocks, GGML_Q4_1, None)
+    with pytest.raises(RuntimeError, match="weight_blocks must be"):
+        op(torch.empty(2, 4), x, blocks, GGML_Q8_0, None)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(torch.empty(2, 4), x, blocks, GGML_Q4_1, torch.randn(3))
+
+
+def test_packed_linear_only_for_small_float32_batches():
+    blocks = gguf_blocks(8, 64, GGML_Q8_0)
+    weight = dequantize(blocks, GGML_Q8_0)
+    calls = []
+
+    def recording_kernel(out, x, *args):
+        calls.append(x.shape[0])
+        out.copy_(F.linear(x, weight))
+
+    packed = PackedLinear(BlockMatrix(blocks, GGML_Q8_0), recording_kernel, max_tokens=4)
+    for tokens in (1, 4, 5):
+        x = torch.randn(tokens, 64)
+        torch.testing.assert_close(packed_or_dense_linear(x, weight, None, packed),
+                                   F.linear(x, weight))
+    packed_or_dense_linear(torch.randn(2, 64, dtype=torch.float64), weight.double(), None,
+                           packed)
+    assert calls == [1, 4]
+
+
+def test_block_matrix_narrows_whole_blocks_only():
+    matrix = BlockMatrix(gguf_blocks(6, 128, GGML_Q4_1), GGML_Q4_1)
+    assert matrix.shape == (6, 128) and matrix.dim() == 2
+    assert torch.equal(matrix.narrow(1, 32, 64).dequantize(), matrix.dequantize()[:, 32:96])
+    assert torch.equal(matrix.narrow(0, 2, 3).dequantize(), matrix.dequantize()[2:5])
+    with pytest.raises(ValueError, match="cut GGUF blocks"):
+        matrix.narrow(1, 16, 32)
+    with pytest.raises(ValueError, match="type mismatch"):
+        BlockMatrix.empty(6, 128, GGML_Q8_0).copy_(matrix)
+
+
+def load_both(layer, named: dict[str, torch.Tensor], qtype: int) -> BlockMatrix:
+    """Load float32 weights and their blocks through the layer's own weight loader."""
+    target = BlockMatrix.empty(*layer.weight.shape, qtype)
+    for shard_id, blocks in named.items():
+        args = () if shard_id is None else (shard_id,)
+        layer.weight_loader(layer.weight, dequantize(blocks, qtype), *args)
+        layer.weight_loader(target, BlockMatrix(blocks, qtype), *args)
+    return target
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_parallel_loaders_shard_blocks_like_weights(tp_state, rank):
+    init_tensor_parallel(rank, 2)
+    hidden, head = 128, 32
+    qkv = QKVParallelLinear(hidden, head, total_num_heads=4, total_num_kv_heads=2, bias=False)
+    parts = {"q": gguf_blocks(128, hidden, GGML_Q4_1, 1), "k": gguf_blocks(64, hidden, GGML_Q4_1, 2),
+             "v": gguf_blocks(64, hidden, GGML_Q4_1, 3)}
+    gate_up = MergedColumnParallelLinear(hidden, [64, 64], bias=False)
+    row = RowParallelLinear(128, hidden, bias=False)
+    head_layer = ParallelLMHead(100, hidden)
+    cases = [(qkv, parts, GGML_Q4_1),
+             (gate_up, {0: gguf_blocks(64, hidden, GGML_Q4_1, 4),
+                        1: gguf_blocks(64, hidden, GGML_Q4_1, 5)}, GGML_Q4_1),
+             (row, {None: gguf_blocks(hidden, 128, GGML_Q4_1, 6)}, GGML_Q4_1),
+             (head_layer, {None: gguf_blocks(100, hidden, GGML_Q8_0, 7)}, GGML_Q8_0)]
+    for layer, named, qtype in cases:
+        matrix = load_both(layer, named, qtype)
+        assert torch.equal(matrix.dequantize(), layer.weight.data), type(layer).__name__
+
+
+def test_row_shard_that_cuts_a_block_is_refused(tp_state):
+    init_tensor_parallel(1, 2)
+    row = RowParallelLinear(96, 8, bias=False, input_partition=(48, 48))
+    with pytest.raises(ValueError, match="cut GGUF blocks"):
+        row.weight_loader(BlockMatrix.empty(8, 48 + 16, GGML_Q4_1),
+                          BlockMatrix(gguf_blocks(8, 96, GGML_Q4_1), GGML_Q4_1))
+
+
+def test_embedding_loader_pads_blocks_with_zeros(tp_state):
+    init_tensor_parallel(1, 2)
+    embedding = VocabParallelEmbedding(99, 64)  # rank 1 holds rows 50..98 and one pad row
+    matrix = load_both(embedding, {None: gguf_blocks(99, 64, GGML_Q8_0)}, GGML_Q8_0)
+    assert torch.equal(matrix.dequantize()[-1], torch.zeros(64))
+    assert torch.equal(matrix.dequantize(), embedding.weight.data)
+
+
+# ---- the demo model ------------------------------------------------------------------------
+def test_converted_blocks_dequantize_to_the_converted_weights(demo_model_dir, demo_gguf):
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from vllm.model_executor.model_loader.gguf_block_weights import (
+        BLOCKS_FILE, _read_gguf_blocks)
+    blocks = dict(_read_gguf_blocks(os.path.join(demo_model_dir, BLOCKS_FILE)))
+    # every 2-D weight of the Q4_1 / Q8_0 file is kept: 7 per layer and the embedding
+    assert len(blocks) == 7 * 30 + 1
+    with safe_open(os.path.join(demo_model_dir, "model.safetensors"), framework="pt") as dense:
+        for name, matrix in blocks.items():
+            assert torch.equal(matrix.dequantize(), dense.get_tensor(name)), name
+    # llama's q rows are permuted in GGUF files; the kept blocks are in Hugging Face order
+    in_file = next(t for t in GGUFReader(demo_gguf).tensors if t.name == "blk.0.attn_q.weight")
+    file_rows = torch.from_numpy(in_file.data.copy())  # (576, 360)
+    kept_rows = blocks["model.layers.0.self_attn.q_proj.weight"].blocks.reshape(576, -1)
+    assert not torch.equal(kept_rows, file_rows)
+    assert sorted(map(bytes, kept_rows.numpy())) == sorted(map(bytes, file_rows.numpy()))
+
+
+def demo_model(folder: str):
+    from vllm.model_executor.model_loader import get_model
+    from vllm.transformers_utils.config import get_hf_config
+    return get_model(folder, get_hf_config(folder), torch.float32, "cpu")
+
+
+def packed_layers(model) -> dict:
+    return {name: m.packed for name, m in model.named_modules()
+            if getattr(m, "packed", None) is not None}
+
+
+@pytest.mark.slow
+def test_demo_model_runs_decode_on_blocks_and_matches_hf(demo_model_dir, demo_gguf):
+    from transformers import AutoModelForCausalLM
+
+    from vllm.transformers_utils.tokenizer import get_tokenizer
+    kernel()
+    ours = demo_model(demo_model_dir)
+    packed = packed_layers(ours)
+    assert len(packed) == 4 * 30 + 1  # qkv, o, gate_up, down per layer; the tied head
+    assert "model.embed_tokens" not in packed  # only looked up: no blocks kept for it
+    assert packed["lm_head"].matrix.shape == (49152, 576)  # tied: the embedding's blocks
+    assert packed["lm_head"].matrix.qtype == GGML_Q8_0
+    token_ids = get_tokenizer(demo_gguf).encode("The capital of France is")
+    with torch.inference_mode():
+        logits = ours.compute_logits(ours(torch.tensor(token_ids),
+                                          torch.arange(len(token_ids))))
+    del ours
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(demo_gguf), gguf_file=os.path.basename(demo_gguf),
+        dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = hf_model(torch.tensor([token_ids])).logits[0]
+    torch.testing.assert_close(logits, expected, atol=1e-3, rtol=1e-4)
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+
+
+def test_kernels_off_or_no_blocks_file_keep_float32(demo_model_dir, tiny_model_dirs,
+                                                    monkeypatch):
+    assert packed_layers(demo_model(tiny_model_dirs["llama"])) == {}
+    monkeypatch.setenv("VLLM_CPU_GGUF_KERNELS", "0")
+    assert CpuPlatform().gguf_block_kernel() is None
+    assert packed_layers(demo_model(demo_model_dir)) == {}
