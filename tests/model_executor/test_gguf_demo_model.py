@@ -28,20 +28,32 @@ def test_config_and_tokenizer(demo_path):
     assert tokenizer.decode(tokenizer.encode("Hello world")).endswith("Hello world")
 
 
-@pytest.mark.slow
-def test_logits_match_hf(demo_path):
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def hf_logits(demo_path) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
-    config = get_hf_config(demo_path)
-    ours = get_model(demo_path, config, torch.float32, "cpu")
-    token_ids = get_tokenizer(demo_path).encode("The capital of France is")
-    with torch.inference_mode():
-        logits = ours.compute_logits(ours(torch.tensor(token_ids),
-                                          torch.arange(len(token_ids))))
-    del ours
+    token_ids = get_tokenizer(demo_path).encode(PROMPT)
     hf_model = AutoModelForCausalLM.from_pretrained(
         os.path.dirname(demo_path), gguf_file=os.path.basename(demo_path),
         dtype=torch.float32).eval()
     with torch.inference_mode():
-        expected = hf_model(torch.tensor([token_ids])).logits[0]
-    torch.testing.assert_close(logits, expected, atol=1e-3, rtol=1e-4)
-    assert logits[-1].argmax() == expected[-1].argmax()
+        return hf_model(torch.tensor([token_ids])).logits[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["gguf file", "converted folder"])
+def test_logits_match_hf(demo_path, demo_model_dir, hf_logits, source):
+    """From the .gguf file: float32 throughout. From the converted folder: the prompt's
+    few tokens multiply on the GGUF blocks (tests/model_executor/test_gguf_blocks.py)."""
+    path = demo_path if source == "gguf file" else demo_model_dir
+    ours = get_model(path, get_hf_config(path), torch.float32, "cpu")
+    on_blocks = [m for m in ours.modules() if getattr(m, "packed", None) is not None]
+    assert bool(on_blocks) == (source == "converted folder")
+    token_ids = get_tokenizer(demo_path).encode(PROMPT)
+    with torch.inference_mode():
+        logits = ours.compute_logits(ours(torch.tensor(token_ids),
+                                          torch.arange(len(token_ids))))
+    torch.testing.assert_close(logits, hf_logits, atol=1e-3, rtol=1e-4)
+    assert torch.equal(logits.argmax(-1), hf_logits.argmax(-1))
