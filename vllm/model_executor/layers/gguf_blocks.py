@@ -14,7 +14,6 @@ GGML_Q4_1 = 3
 GGML_Q8_0 = 8
 BLOCK_SIZE = 32
 BLOCK_BYTES = {GGML_Q4_1: 20, GGML_Q8_0: 34}
-QTYPE_NAMES = {GGML_Q4_1: "Q4_1", GGML_Q8_0: "Q8_0"}
 
 
 def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
