@@ -121,7 +121,8 @@ def test_parallel_loaders_shard_blocks_like_weights(tp_state, rank):
     init_tensor_parallel(rank, 2)
     hidden, head = 128, 32
     qkv = QKVParallelLinear(hidden, head, total_num_heads=4, total_num_kv_heads=2, bias=False)
-    parts = {"q": gguf_blocks(128, hidden, GGML_Q4_1, 1), "k": gguf_blocks(64, hidden, GGML_Q4_1, 2),
+    parts = {"q": gguf_blocks(128, hidden, GGML_Q4_1, 1),
+             "k": gguf_blocks(64, hidden, GGML_Q4_1, 2),
              "v": gguf_blocks(64, hidden, GGML_Q4_1, 3)}
     gate_up = MergedColumnParallelLinear(hidden, [64, 64], bias=False)
     row = RowParallelLinear(128, hidden, bias=False)

@@ -1,11 +1,11 @@
 """The GGUF blocks of a converted checkpoint: extracted once, attached to layers at load.
 
-Conversion (vllm/transformers_utils/gguf_cache.py) keeps, in BLOCKS_FILE, each Q4_1 / Q8_0 matrix's raw
-blocks, under its Hugging Face name and in the converted tensor's row order, but only
-when they dequantise bit for bit to that tensor. Loading feeds them through the layers'
-own weight loaders (so tensor-parallel shards and fused projections come out as for the
-float32 weights), checks each layer's result against its float32 weight once more, and
-hands the layer a PackedLinear with the platform's kernel.
+Conversion (vllm/transformers_utils/gguf_cache.py) keeps, in BLOCKS_FILE, the raw blocks
+of each Q4_1 / Q8_0 matrix, under its Hugging Face name and in the converted tensor's row
+order, but only when they dequantise bit for bit to that tensor. Loading feeds them
+through the layers' own weight loaders (so tensor-parallel shards and fused projections
+come out as for the float32 weights), checks each layer's result against its float32
+weight once more, and hands the layer a PackedLinear with the platform's kernel.
 """
 import json
 import os
@@ -36,8 +36,8 @@ def extract_gguf_blocks(gguf_path: str, dense: dict[str, torch.Tensor]
     name_map = _tensor_name_map(reader)
     found = {}
     for name, reference in dense.items():
-        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias")) if name_map else None
-        tensor = raw.get(gguf_name)
+        tensor = raw.get(name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+                         if name_map else None)
         if tensor is None or int(tensor.tensor_type) not in BLOCK_BYTES or reference.dim() != 2:
             continue
         qtype = int(tensor.tensor_type)
