@@ -96,10 +96,14 @@ def attach_gguf_blocks(model: nn.Module, folder: str, kernel: Optional[tuple]) -
     if kernel is None or not os.path.isfile(path):
         return 0
     modules = dict(model.named_modules())
+    users_of: dict[int, list[nn.Module]] = {}  # id(weight) -> layers that multiply by it
+    for module in modules.values():
+        if hasattr(module, "packed"):
+            users_of.setdefault(id(module.weight), []).append(module)
     packed = 0
     for module_name, matrix in _fill_block_matrices(modules, _read_gguf_blocks(path)).items():
         weight = modules[module_name].weight
-        users = [m for m in modules.values() if hasattr(m, "packed") and m.weight is weight]
+        users = users_of.get(id(weight))
         if not users:
             continue
         if not torch.equal(matrix.dequantize(), weight.data):
