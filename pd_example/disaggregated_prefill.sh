@@ -31,6 +31,10 @@ variable). Defaults in brackets; "CPU" and "NPU" defaults differ by platform.
                                                [CPU 1, NPU 4]
   --host H                 HOST                address every process listens on [127.0.0.1]
   --proxy-port P           PROXY_PORT          proxy HTTP port [8000]
+  --api-key KEY            API_KEY             key every instance (--api-key) and the
+                                               proxy (--api-key, --instance-api-key)
+                                               require; clients send "Authorization:
+                                               Bearer KEY" [VLLM_API_KEY, else none]
   --prefill-base-port P    PREFILL_BASE_PORT   prefill instance i listens on P+i [8100]
   --decode-base-port P     DECODE_BASE_PORT    decode instance i listens on P+i [8200]
   --kv-base-port P         KV_BASE_PORT        instance k (prefills first, then decodes)
@@ -97,6 +101,7 @@ PREFILL_TP="${PREFILL_TP:-}"
 DECODE_TP="${DECODE_TP:-}"
 HOST="${HOST:-127.0.0.1}"
 PROXY_PORT="${PROXY_PORT:-8000}"
+API_KEY="${API_KEY:-${VLLM_API_KEY:-}}"
 PREFILL_BASE_PORT="${PREFILL_BASE_PORT:-8100}"
 DECODE_BASE_PORT="${DECODE_BASE_PORT:-8200}"
 KV_BASE_PORT="${KV_BASE_PORT:-14500}"
@@ -138,6 +143,7 @@ while (($#)); do
         --decode-tp) DECODE_TP="$val" ;;
         --host) HOST="$val" ;;
         --proxy-port) PROXY_PORT="$val" ;;
+        --api-key) API_KEY="$val" ;;
         --prefill-base-port) PREFILL_BASE_PORT="$val" ;;
         --decode-base-port) DECODE_BASE_PORT="$val" ;;
         --kv-base-port) KV_BASE_PORT="$val" ;;
@@ -494,14 +500,19 @@ build_proxy_cmd() {
     CMD+=(--host "$HOST" --port "$PROXY_PORT"
         --prefiller-hosts "${phosts[@]}" --prefiller-ports "${pports[@]}"
         --decoder-hosts "${dhosts[@]}" --decoder-ports "${dports[@]}")
+    # Its own --api-key comes from VLLM_API_KEY, as the instances' do (see "start").
+    [[ -z "$API_KEY" ]] || CMD+=(--instance-api-key "$API_KEY")
 }
 
-# Prints LABEL: CMD... with each word quoted only when the shell would need it.
+# Prints LABEL: CMD... with each word quoted only when the shell would need it (an API
+# key is shown as ***).
 print_cmd() {
-    local word q="'"
+    local word q="'" previous=""
     printf '  %s:' "$1"
     shift
     for word in "$@"; do
+        [[ "$previous" != --instance-api-key ]] || word='***'
+        previous="$word"
         if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
             printf ' %s' "$word"
         else
@@ -522,6 +533,13 @@ print_npu_env() {
 }
 
 log "PD deployment on $PLATFORM: $NUM_PREFILL prefill (TP=$PREFILL_TP) + $NUM_DECODE decode (TP=$DECODE_TP), model $MODEL served as '$SERVED_MODEL_NAME'"
+if [[ -n "$API_KEY" ]]; then
+    log "API key: required by the proxy and every instance (API_KEY)"
+    # vllm serve and vllm proxy read --api-key from here, so the key stays off their command lines.
+    export VLLM_API_KEY="$API_KEY"
+else
+    unset VLLM_API_KEY
+fi
 [[ "$PLATFORM" != npu ]] || print_npu_env
 
 if [[ "$DRY_RUN" == 1 ]]; then
@@ -647,12 +665,15 @@ done
 log "  logs:       $LOG_DIR"
 log "  PID file:   $PID_FILE"
 log ""
-log "Try it:  curl $PROXY_URL/v1/completions -H 'Content-Type: application/json' -d '{\"model\": \"$SERVED_MODEL_NAME\", \"prompt\": \"Who are you?\", \"max_tokens\": 32, \"temperature\": 0}'"
+auth_hint=""
+[[ -z "$API_KEY" ]] || auth_hint=" -H 'Authorization: Bearer <key>'"
+log "Try it:  curl $PROXY_URL/v1/completions$auth_hint -H 'Content-Type: application/json' -d '{\"model\": \"$SERVED_MODEL_NAME\", \"prompt\": \"Who are you?\", \"max_tokens\": 32, \"temperature\": 0}'"
 test_hint="bash pd_example/test_pd_online.sh"
 if [[ "$PROXY_URL" != http://127.0.0.1:8000 || "${PORTS[0]}" != 8100 || "${PORTS[NUM_PREFILL]}" != 8200 ]]; then
     test_hint+=" --proxy-url $PROXY_URL --direct-url http://$URL_HOST:${PORTS[NUM_PREFILL]} --prefill-url http://$URL_HOST:${PORTS[0]}"
 fi
 stop_hint="bash pd_example/kill_server.sh"
 [[ "$PID_FILE" == "$SCRIPT_DIR/logs/pd_pids" ]] || stop_hint+=" --pid-file $PID_FILE"
+[[ -z "$API_KEY" ]] || test_hint="API_KEY=<key> $test_hint"
 log "Test:    $test_hint"
 log "Stop:    $stop_hint"

@@ -26,6 +26,9 @@ check; exits 1 if any check fails.
   --prompt TEXT        PROMPT        [The capital of France is]
   --max-tokens N       MAX_TOKENS    [32]
   --timeout SEC        REQUEST_TIMEOUT  seconds per request [300]
+  --api-key KEY        API_KEY       sent as "Authorization: Bearer KEY" to the proxy and
+                                     the instance (a deployment started with API_KEY)
+                                     [VLLM_API_KEY, else none]
   -h, --help           show this help
 
 HOST, PROXY_PORT, PREFILL_BASE_PORT and DECODE_BASE_PORT are read as
@@ -45,6 +48,7 @@ MODEL_NAME="${MODEL_NAME:-}"
 PROMPT="${PROMPT:-The capital of France is}"
 MAX_TOKENS="${MAX_TOKENS:-32}"
 REQUEST_TIMEOUT="${REQUEST_TIMEOUT:-300}"
+API_KEY="${API_KEY:-${VLLM_API_KEY:-}}"
 
 while (($#)); do
     case "$1" in
@@ -65,6 +69,7 @@ while (($#)); do
         --prompt) PROMPT="$val" ;;
         --max-tokens) MAX_TOKENS="$val" ;;
         --timeout) REQUEST_TIMEOUT="$val" ;;
+        --api-key) API_KEY="$val" ;;
         *) die_usage "unknown option '$opt'" ;;
     esac
 done
@@ -76,6 +81,12 @@ command -v python3 >/dev/null 2>&1 || { echo "ERROR: python3 is required" >&2; e
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/pd_online.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+# The key goes to curl in a header file, never on its command line.
+AUTH=()
+if [[ -n "$API_KEY" ]]; then
+    printf 'Authorization: Bearer %s\n' "$API_KEY" >"$WORK/auth.header"
+    AUTH=(-H "@$WORK/auth.header")
+fi
 
 PASSED=0
 FAILED=0
@@ -167,8 +178,9 @@ show() {  # TEXT -> a one-line, shortened rendering
 post() {  # URL BODY FILE [stream]
     local -a extra=()
     [[ "${4:-}" == stream ]] && extra=(-N)
-    curl -sS "${extra[@]+"${extra[@]}"}" -o "$3" -w '%{http_code}' --max-time "$REQUEST_TIMEOUT" \
-        -H 'Content-Type: application/json' -d "$2" "$1" 2>"$3.err" || true
+    curl -sS "${extra[@]+"${extra[@]}"}" "${AUTH[@]+"${AUTH[@]}"}" -o "$3" -w '%{http_code}' \
+        --max-time "$REQUEST_TIMEOUT" -H 'Content-Type: application/json' -d "$2" "$1" \
+        2>"$3.err" || true
 }
 
 # Runs one request; on success sets TEXT and returns 0, else reports FAIL and returns 1.
@@ -229,7 +241,7 @@ fi
 
 # 2. The model name.
 if [[ -z "$MODEL_NAME" ]]; then
-    models="$(curl -s --max-time 10 "$PROXY_URL/v1/models" || true)"
+    models="$(curl -s --max-time 10 "${AUTH[@]+"${AUTH[@]}"}" "$PROXY_URL/v1/models" || true)"
     MODEL_NAME="$(python3 -c '
 import json, sys
 try:

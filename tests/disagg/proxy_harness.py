@@ -47,18 +47,23 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> N
 @asynccontextmanager
 async def cluster(num_prefill: int = 1, num_decode: int = 1,
                   health_interval_s: float = 0.05,
-                  prefill_kv_info: bool = True) -> AsyncIterator[Cluster]:
-    """Fakes (prefillers publish producer KV info), a proxy in front, and a client."""
-    prefillers = [FakeInstance(f"p{i}", producer_info(f"p{i}", 20002 + i)
-                               if prefill_kv_info else None)
+                  prefill_kv_info: bool = True, fake_class=FakeInstance,
+                  **proxy_options) -> AsyncIterator[Cluster]:
+    """Fakes (prefillers publish producer KV info), a proxy in front, and a client.
+
+    `fake_class` makes the fakes; `proxy_options` override ProxyConfig fields.
+    """
+    prefillers = [fake_class(f"p{i}", producer_info(f"p{i}", 20002 + i)
+                             if prefill_kv_info else None)
                   for i in range(num_prefill)]
-    decoders = [FakeInstance(f"d{i}") for i in range(num_decode)]
+    decoders = [fake_class(f"d{i}") for i in range(num_decode)]
     fakes = prefillers + decoders
     for fake in fakes:
         await fake.start()
+    options = {"request_timeout_s": 10.0, "probe_timeout_s": 2.0, **proxy_options}
     config = ProxyConfig("127.0.0.1", 0, [p.url for p in prefillers],
                          [d.url for d in decoders], health_interval_s=health_interval_s,
-                         request_timeout_s=10.0, probe_timeout_s=2.0)
+                         **options)
     sock = bound_socket()
     runner = await start_server(config, sock)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

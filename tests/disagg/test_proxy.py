@@ -5,14 +5,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from fake_pd_instance import FakeInstance, bound_socket, json_answer, sse_chunks
 from proxy_harness import cluster, producer_info, wait_until
 
 from vllm.disagg.cli import build_parser, config_from_args, main, pair_endpoints
 from vllm.disagg.instances import InstanceRegistry
+from vllm.disagg.upstream import split_events
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPLETIONS = "/v1/completions"
@@ -259,20 +262,134 @@ def test_unreachable_decoder_answers_502_and_leaves_rotation():
     assert not healthy
 
 
-def test_decoder_dying_midstream_truncates_the_client_answer():
+def test_decoder_dying_midstream_ends_the_stream_with_an_error_event():
     async def scenario():
         async with cluster(health_interval_s=60) as c:
             decoder = c.decoders[0]
             decoder.break_stream = True
             async with c.client.post(c.url + COMPLETIONS,
                                      json={"prompt": "x", "stream": True}) as response:
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await response.read()
+                body = await response.read()  # a clean end: no ClientPayloadError
             failures = await scrape(c, "vllm_proxy:decode_failures_total")
-            return failures, c.instance(decoder).healthy
+            return response.status, body, failures, c.instance(decoder)
 
-    failures, healthy = run(scenario())
-    assert failures == 1.0 and not healthy
+    status, body, failures, decoder = run(scenario())
+    first, last = sse_chunks("d0")[0], _last_event(body)
+    assert status == 200 and body.startswith(first) and b"[DONE]" not in body
+    assert body == first + b"data: " + json.dumps(last).encode() + b"\n\n"
+    assert last == {"error": {"message": f"decode instance {decoder.url} stopped midway "
+                                         "through the answer (its connection broke)",
+                              "type": "service_unavailable_error", "param": None,
+                              "code": "upstream_broken"}}
+    assert failures == 1.0 and not decoder.healthy
+
+
+def _last_event(body: bytes) -> dict:
+    events = [e for e in body.split(b"\n\n") if e]
+    assert events[-1].startswith(b"data: ")
+    return json.loads(events[-1][len(b"data: "):])
+
+
+class _HalfEventFake(FakeInstance):
+    """Streams one event and half of the next, then dies; a plain answer dies halfway too."""
+
+    async def _answer(self, request, body):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"
+                                               if body.get("stream") else "application/json"})
+        if not body.get("stream"):
+            response.content_length = 100
+        await response.prepare(request)
+        await response.write(sse_chunks(self.name)[0] if body.get("stream") else b'{"id":')
+        await response.write(b'data: {"id": "cmpl-half", "choi')
+        request.transport.close()
+        return response
+
+
+def test_unfinished_event_is_dropped_before_the_error_event():
+    async def scenario():
+        async with cluster(health_interval_s=60, fake_class=_HalfEventFake) as c:
+            async with c.client.post(c.url + COMPLETIONS,
+                                     json={"prompt": "x", "stream": True}) as response:
+                return await response.read()
+
+    body = run(scenario())
+    first = sse_chunks("d0")[0]
+    assert body.startswith(first) and b"cmpl-half" not in body
+    assert _last_event(body)["error"]["code"] == "upstream_broken"
+
+
+def test_plain_answer_breaking_midway_is_a_502_json_error():
+    async def scenario():
+        async with cluster(health_interval_s=60, fake_class=_HalfEventFake) as c:
+            return await c.post(COMPLETIONS, {"prompt": "x"})
+
+    status, content_type, body = run(scenario())
+    assert (status, content_type) == (502, "application/json")
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable_error", "upstream_broken")
+
+
+def test_stream_timing_out_midway_ends_with_a_timeout_event():
+    async def scenario():
+        async with cluster(health_interval_s=60, request_timeout_s=0.5) as c:
+            decoder = c.decoders[0]
+            decoder.stream_gate = asyncio.Event()  # never opened: the answer stalls
+            started = time.monotonic()
+            async with c.client.post(c.url + COMPLETIONS,
+                                     json={"prompt": "x", "stream": True}) as response:
+                body = await response.read()
+            return body, time.monotonic() - started, c.instance(decoder).healthy
+
+    body, elapsed, healthy = run(scenario())
+    assert body.startswith(sse_chunks("d0")[0]) and elapsed < 5
+    error = _last_event(body)["error"]
+    assert (error["type"], error["code"]) == ("timeout_error", "upstream_timeout")
+    assert healthy  # slow is not dead
+
+
+class _MortalFake(FakeInstance):
+    """die() drops every connection at once, as the kernel does for a killed process."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.transports = []
+
+    async def _answer(self, request, body):
+        self.transports.append(request.transport)
+        return await super()._answer(request, body)
+
+    def die(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+
+
+def test_every_stream_in_flight_ends_promptly_when_the_decoder_dies():
+    async def read_all(c):
+        async with c.client.post(c.url + COMPLETIONS,
+                                 json={"prompt": "x", "stream": True}) as response:
+            return await response.read()
+
+    async def scenario():
+        async with cluster(health_interval_s=60, fake_class=_MortalFake) as c:
+            decoder = c.decoders[0]
+            decoder.stream_gate = asyncio.Event()
+            streams = [asyncio.create_task(read_all(c)) for _ in range(8)]
+            await wait_until(lambda: decoder.active == 8)
+            killed = time.monotonic()
+            decoder.die()
+            bodies = await asyncio.wait_for(asyncio.gather(*streams), timeout=5)
+            return bodies, time.monotonic() - killed
+
+    bodies, elapsed = run(scenario())
+    assert elapsed < 5
+    assert all(_last_event(body)["error"]["code"] == "upstream_broken" for body in bodies)
+
+
+def test_split_events_keeps_unfinished_event_back():
+    assert split_events(b"data: 1\n\ndata: 2\n\ndata: 3") == (
+        b"data: 1\n\ndata: 2\n\n", b"data: 3")
+    assert split_events(b"data: 1\r\n\r\ndata") == (b"data: 1\r\n\r\n", b"data")
+    assert split_events(b"data: 1\n") == (b"", b"data: 1\n")
 
 
 def test_prefill_error_is_counted_and_decoder_still_answers():

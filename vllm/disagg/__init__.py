@@ -7,5 +7,6 @@ request on a decode instance that pulls that KV cache and streams the answer bac
 Modules: `proxy_config` (settings), `instances` (registry, health flags, load),
 `health` (background polling), `request_bodies` (what P and D receive), `upstream`
 (relaying one upstream response), `routing` (the generate handler), `proxy_metrics`,
-`errors`, `proxy_app` (the aiohttp app and server), `cli` (flags and main).
+`errors` (error bodies, as JSON or as a stream's last event), `auth` (API keys),
+`proxy_app` (the aiohttp app and server), `cli` (flags and main).
 """

@@ -6,6 +6,7 @@ cannot be bound ends it with exit code 1.
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -33,6 +34,12 @@ def add_proxy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="seconds between health checks of every instance")
     parser.add_argument("--request-timeout-s", type=float, default=600.0,
                         help="seconds one upstream request may take in total")
+    parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but "
+                             "/health and /metrics [env VLLM_API_KEY]")
+    parser.add_argument("--instance-api-key", default=None, metavar="KEY",
+                        help="the key sent to the prefill and decode instances (their "
+                             "--api-key) in place of the client's Authorization header")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser
 
@@ -78,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         host=args.host, port=args.port,
         prefill_urls=pair_endpoints("prefiller", args.prefiller_hosts, args.prefiller_ports),
         decode_urls=pair_endpoints("decoder", args.decoder_hosts, args.decoder_ports),
-        health_interval_s=args.health_interval_s, request_timeout_s=args.request_timeout_s)
+        health_interval_s=args.health_interval_s, request_timeout_s=args.request_timeout_s,
+        api_key=args.api_key or None, instance_api_key=args.instance_api_key or None)
 
 
 def run(args: argparse.Namespace) -> int:

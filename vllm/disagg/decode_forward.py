@@ -3,11 +3,11 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from vllm.disagg.errors import error_response
+from vllm.disagg.errors import broken_midway, error_response
 from vllm.disagg.instances import Instance
 from vllm.disagg.proxy_state import ProxyState
 from vllm.disagg.upstream import (RelayEnd, UpstreamTimeout, UpstreamUnreachable,
-                                  abort_client, finish_upstream, open_upstream, relay)
+                                  end_stream, finish_upstream, open_upstream, relay)
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -20,6 +20,8 @@ async def forward_to_decoder(request: web.Request, state: ProxyState, decoder: I
 
     Returns the response and whether the decoder answered a success status in full.
     An unreachable decoder leaves rotation and the client gets 502; a timeout gets 504.
+    An answer that stops midway gets the same statuses (upstream_broken, upstream_timeout)
+    while nothing was sent yet, else a stream ends with that error as its last event.
     """
     state.metrics.count_sent(decoder)
     method = "GET" if body is None else "POST"
@@ -37,19 +39,24 @@ async def forward_to_decoder(request: web.Request, state: ProxyState, decoder: I
         response, end = await relay(request, upstream)
     finally:
         finish_upstream(upstream, end is RelayEnd.COMPLETE)
-    _account(request, state, decoder, upstream.status, end)
+    if end in (RelayEnd.UPSTREAM_BROKE, RelayEnd.UPSTREAM_TIMED_OUT):
+        return await _stopped_midway(state, decoder, response, end), False
+    if upstream.status >= 500:
+        _count_failure(state, decoder, f"answered HTTP {upstream.status}", unhealthy=False)
     return response, end is RelayEnd.COMPLETE and upstream.status < 400
 
 
-def _account(request: web.Request, state: ProxyState, decoder: Instance, status: int,
-             end: RelayEnd) -> None:
-    if end in (RelayEnd.UPSTREAM_BROKE, RelayEnd.UPSTREAM_TIMED_OUT):
-        broke = end is RelayEnd.UPSTREAM_BROKE
-        _count_failure(state, decoder, f"the answer stopped midway ({end.value})",
-                       unhealthy=broke)
-        abort_client(request)
-    elif status >= 500:
-        _count_failure(state, decoder, f"answered HTTP {status}", unhealthy=False)
+async def _stopped_midway(state: ProxyState, decoder: Instance,
+                          response: Optional[web.StreamResponse],
+                          end: RelayEnd) -> web.StreamResponse:
+    broke = end is RelayEnd.UPSTREAM_BROKE
+    _count_failure(state, decoder, f"the answer stopped midway ({end.value})",
+                   unhealthy=broke)
+    error = broken_midway("decode", decoder.url, timed_out=not broke)
+    if response is None:
+        return error.response()
+    await end_stream(response, error.sse_event())
+    return response
 
 
 def _count_failure(state: ProxyState, decoder: Instance, reason: str, unhealthy: bool) -> None:

@@ -1,5 +1,7 @@
 """OpenAI-style error responses of the proxy: {"error": {message, type, param, code}}."""
-from typing import Awaitable, Callable
+import json
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional, Union
 
 from aiohttp import web
 
@@ -9,15 +11,57 @@ _TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedEr
           504: "GatewayTimeoutError"}
 
 
+@dataclass(frozen=True)
+class ProxyError:
+    """One failure as the client sees it: a JSON response, or the last event of a stream.
+
+    `type` defaults to a name for the status and `code` to the status itself.
+    """
+    status: int
+    message: str
+    type: Optional[str] = None
+    code: Union[str, int, None] = None
+
+    def body(self) -> dict:
+        error_type = self.type or _TYPES.get(
+            self.status, "BadRequestError" if self.status < 500 else "ServerError")
+        code = self.status if self.code is None else self.code
+        return {"error": {"message": self.message, "type": error_type, "param": None,
+                          "code": code}}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status)
+
+    def sse_event(self) -> bytes:
+        """The body as one SSE data event, as `vllm serve` reports a failed stream."""
+        return f"data: {json.dumps(self.body())}\n\n".encode()
+
+
 def error_body(status: int, message: str) -> dict:
     """The OpenAI error body for an HTTP status."""
-    error_type = _TYPES.get(status, "BadRequestError" if status < 500 else "ServerError")
-    return {"error": {"message": message, "type": error_type, "param": None, "code": status}}
+    return ProxyError(status, message).body()
 
 
 def error_response(status: int, message: str) -> web.Response:
     """A JSON error response with the OpenAI error body."""
-    return web.json_response(error_body(status, message), status=status)
+    return ProxyError(status, message).response()
+
+
+def invalid_api_key() -> ProxyError:
+    """The 401 of a request without the proxy's API key (the body `vllm serve` sends)."""
+    return ProxyError(401, "Incorrect or missing API key (expected 'Authorization: Bearer "
+                      "<key>')", "invalid_request_error", "invalid_api_key")
+
+
+def broken_midway(role: str, url: str, timed_out: bool) -> ProxyError:
+    """An instance whose answer stopped after it began: 502 upstream_broken, or 504
+    upstream_timeout when the request timeout ran out."""
+    if timed_out:
+        return ProxyError(504, f"{role} instance {url} timed out midway through the answer",
+                          "timeout_error", "upstream_timeout")
+    return ProxyError(502, f"{role} instance {url} stopped midway through the answer "
+                      "(its connection broke)", "service_unavailable_error",
+                      "upstream_broken")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -18,12 +18,15 @@ class HealthMonitor:
     """Polls every instance each `interval_s`; start() runs a first round before returning."""
 
     def __init__(self, instances: InstanceRegistry, session: aiohttp.ClientSession,
-                 interval_s: float, probe_timeout_s: float):
+                 interval_s: float, probe_timeout_s: float,
+                 headers: Optional[dict[str, str]] = None):
         self._instances = instances
         self._session = session
         self._interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
+        self._headers = headers or {}
         self._task: Optional[asyncio.Task] = None
+        self._refused: set[str] = set()  # instances whose KV info answered 401/403
 
     async def start(self) -> None:
         await self.check_all()
@@ -63,7 +66,7 @@ class HealthMonitor:
 
     async def _probe_health(self, instance: Instance) -> Optional[str]:
         try:
-            async with self._session.get(instance.url + HEALTH_PATH,
+            async with self._session.get(instance.url + HEALTH_PATH, headers=self._headers,
                                          timeout=self._timeout) as response:
                 await response.read()
                 return None if response.status == 200 else f"/health answered {response.status}"
@@ -72,8 +75,11 @@ class HealthMonitor:
 
     async def _fetch_kv_info(self, instance: Instance) -> Optional[KvInfo]:
         try:
-            async with self._session.get(instance.url + KV_INFO_PATH,
+            async with self._session.get(instance.url + KV_INFO_PATH, headers=self._headers,
                                          timeout=self._timeout) as response:
+                if response.status in (401, 403):
+                    self._warn_refused(instance, response.status)
+                    return None
                 if response.status != 200:
                     logger.debug("%s%s answered %d", instance.url, KV_INFO_PATH,
                                  response.status)
@@ -82,7 +88,16 @@ class HealthMonitor:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
             logger.warning("cannot read %s%s: %s", instance.url, KV_INFO_PATH, describe(error))
             return None
+        self._refused.discard(instance.url)
         logger.info("%s instance %s: KV engine %s at %s:%d (tp %d)", instance.role,
                     instance.url, info.engine_id, info.kv_host, info.kv_port,
                     info.tensor_parallel_size)
         return info
+
+    def _warn_refused(self, instance: Instance, status: int) -> None:
+        if instance.url in self._refused:
+            return
+        self._refused.add(instance.url)
+        logger.warning("%s%s answered %d: the instance wants an API key; give it to the "
+                       "proxy with --instance-api-key (a prefill instance whose KV endpoint "
+                       "is unknown is not used)", instance.url, KV_INFO_PATH, status)

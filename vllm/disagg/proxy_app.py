@@ -7,6 +7,7 @@ from typing import AsyncIterator, Optional
 import aiohttp
 from aiohttp import web
 
+from vllm.disagg.auth import instance_auth, require_api_key
 from vllm.disagg.errors import error_response, openai_errors
 from vllm.disagg.health import HealthMonitor
 from vllm.disagg.proxy_config import DECODE, PREFILL, ProxyConfig
@@ -24,7 +25,10 @@ KEEPALIVE_S = 4.0
 
 def build_app(config: ProxyConfig) -> web.Application:
     """The proxy app; its HTTP session and health checks live while the app runs."""
-    app = web.Application(middlewares=[openai_errors], client_max_size=MAX_BODY_BYTES)
+    middlewares = [openai_errors]
+    if config.api_key:
+        middlewares.append(require_api_key(config.api_key))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = ProxyState.from_config(config)
     app.cleanup_ctx.append(_lifetime)
     for path in GENERATE_PATHS:
@@ -40,7 +44,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
     state.session = aiohttp.ClientSession(connector=connector)
     monitor = HealthMonitor(state.instances, state.session, state.config.health_interval_s,
-                            state.config.probe_timeout_s)
+                            state.config.probe_timeout_s,
+                            instance_auth(state.config.instance_api_key))
     await monitor.start()
     try:
         yield
@@ -94,8 +99,9 @@ async def serve(config: ProxyConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = await start_server(config)
-    logger.info("proxy listening on http://%s:%d; prefill %s; decode %s", config.host,
-                config.port, config.prefill_urls, config.decode_urls)
+    logger.info("proxy listening on http://%s:%d; prefill %s; decode %s; API key %s",
+                config.host, config.port, config.prefill_urls, config.decode_urls,
+                "required" if config.api_key else "not required")
     try:
         await stop.wait()
     finally:

@@ -1,5 +1,6 @@
 """Settings of one proxy process, validated once when built."""
 from dataclasses import dataclass, field
+from typing import Optional
 
 PREFILL = "prefill"
 DECODE = "decode"
@@ -8,9 +9,11 @@ ROLES = (PREFILL, DECODE)
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """Where the proxy listens, which instances it routes to, and its timings.
+    """Where the proxy listens, which instances it routes to, its timings and API keys.
 
     Instance URLs are base URLs such as ``http://10.0.0.1:8100`` (no trailing slash).
+    `api_key`: what clients must send (None: no check); `instance_api_key`: what the proxy
+    sends to instances instead of the client's Authorization (None: forward the client's).
     Raises ValueError on an empty decoder list, duplicate URLs or non-positive timings.
     """
     host: str
@@ -20,6 +23,8 @@ class ProxyConfig:
     health_interval_s: float = 2.0
     request_timeout_s: float = 600.0
     probe_timeout_s: float = 5.0
+    api_key: Optional[str] = field(default=None, repr=False)
+    instance_api_key: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -1,10 +1,11 @@
 """The proxy's handlers that reach instances: generate requests (split P/D) and /v1/models."""
 import json
 import uuid
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
 
+from vllm.disagg.auth import instance_auth
 from vllm.disagg.decode_forward import forward_to_decoder
 from vllm.disagg.errors import error_response
 from vllm.disagg.instances import Instance
@@ -42,7 +43,7 @@ async def _split(request: web.Request, state: ProxyState, body: dict[str, Any],
                  decoder: Instance) -> web.StreamResponse:
     state.metrics.requests.inc()
     request_id = uuid.uuid4().hex
-    headers = upstream_headers(request, request_id)
+    headers = upstream_headers(request, request_id, state.config.instance_api_key)
     prefiller = state.instances.acquire(PREFILL, eligible=lambda inst: inst.kv_info is not None)
     if prefiller is None:
         state.metrics.prefill_fallbacks.inc()
@@ -69,7 +70,7 @@ async def handle_models(request: web.Request) -> web.StreamResponse:
     if decoder is None:
         return error_response(503, NO_DECODER)
     try:
-        headers = upstream_headers(request, uuid.uuid4().hex)
+        headers = upstream_headers(request, uuid.uuid4().hex, state.config.instance_api_key)
         response, _ = await forward_to_decoder(request, state, decoder, headers)
         return response
     finally:
@@ -88,10 +89,13 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def upstream_headers(request: web.Request, request_id: str) -> dict[str, str]:
-    """Headers for both upstream requests: the shared id and the client's credentials."""
+def upstream_headers(request: web.Request, request_id: str,
+                     instance_api_key: Optional[str]) -> dict[str, str]:
+    """Headers for both upstream requests: the shared id and the credentials, which are
+    the instances' key when the proxy has one, else the client's own."""
     headers = {"X-Request-Id": request_id, "Accept-Encoding": "identity"}
-    authorization = request.headers.get("Authorization")
-    if authorization:
-        headers["Authorization"] = authorization
+    if instance_api_key:
+        headers.update(instance_auth(instance_api_key))
+    elif request.headers.get("Authorization"):
+        headers["Authorization"] = request.headers["Authorization"]
     return headers
