@@ -12,6 +12,8 @@ _GREEDY_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
 _MAX_PENALTY = 2.0
 _MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty",
                  "frequency_penalty", "repetition_penalty")
 _OPTIONAL_INT_FIELDS = ("n", "best_of", "top_k", "seed", "max_tokens", "min_tokens", "logprobs")
@@ -186,8 +188,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 (disable) or at least 1, got {top_k}.")
         if not 0 <= _require_number("min_p", self.min_p) <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
-        if self.seed is not None:
-            _require_int("seed", self.seed)
+        if self.seed is not None and not INT64_MIN <= _require_int("seed", self.seed) <= INT64_MAX:
+            raise ValueError(f"seed must fit in a signed 64-bit integer, got {self.seed}.")
 
     def _verify_penalties(self) -> None:
         for name in ("presence_penalty", "frequency_penalty"):
@@ -239,6 +241,11 @@ class SamplingParams:
         if not isinstance(self.logit_bias, dict):
             raise ValueError(
                 f"logit_bias must be a dict of token id to bias, got {self.logit_bias!r}."
+            )
+        if len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(
+                f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, "
+                f"got {len(self.logit_bias)}."
             )
         for token_id, bias in self.logit_bias.items():
             _bias_token_id(token_id)

@@ -59,7 +59,7 @@ def complete_text(client, prompt, max_tokens=6, **extra) -> str:
 # ---- information endpoints -----------------------------------------------------------------
 def test_info_endpoints(server):
     assert requests.get(server.url_for("/health"), timeout=30).status_code == 200
-    assert requests.get(server.url_for("/version"), timeout=30).json()["version"]
+    assert requests.get(server.url_for("/version"), headers=AUTH, timeout=30).json()["version"]
     models = requests.get(server.url_for("/v1/models"), headers=AUTH, timeout=30).json()
     assert [m["id"] for m in models["data"]] == [MODEL, "demo"]
     assert models["data"][0]["max_model_len"] == MAX_MODEL_LEN

@@ -81,6 +81,9 @@ class BlockPool:
         self._cached.clear()
         return True
 
+    def uncache(self, block: KVCacheBlock) -> None:
+        self._evict(block)
+
     def _evict(self, block: KVCacheBlock) -> None:
         if block.block_hash is None:
             return

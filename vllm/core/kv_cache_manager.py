@@ -79,6 +79,14 @@ class KVCacheManager:
         self.num_cached_blocks.pop(request.request_id, None)
         self.block_pool.free_blocks(reversed(blocks))
 
+    def uncache_blocks(self, request_id: str) -> None:
+        """Drop from the prefix cache the blocks only this request holds (their KV may be
+        incomplete); blocks shared with others were computed before and stay."""
+        for block in self.req_to_blocks.get(request_id, []):
+            if block.ref_cnt == 1:
+                self.block_pool.uncache(block)
+        self.num_cached_blocks.pop(request_id, None)
+
     def get_block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self.req_to_blocks.get(request_id, [])]
 

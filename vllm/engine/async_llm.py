@@ -202,6 +202,8 @@ class AsyncLLM:
             self._fail_request(child_id, InvalidRequestError(message))
         for child_id, message in batch.failed.items():
             self._fail_request(child_id, KVTransferError(message))
+        for child_id, message in batch.errored.items():
+            self._fail_request(child_id, RuntimeError(message))
         self._record_tokens(batch.outputs)
         request_outputs, stopped = self.output_processor.process_outputs(batch.outputs)
         if stopped:

@@ -6,6 +6,7 @@ from vllm.core.kv_cache_manager import KVCacheManager
 from vllm.core.outputs import EngineCoreOutput, SchedulerStats
 from vllm.core.request import Request, RequestStatus
 from vllm.core.scheduler import Scheduler
+from vllm.engine.processor import check_request_fits_model
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -30,6 +31,9 @@ class EngineCore:
         from vllm.distributed.kv_transfer.factory import create_scheduler_connector
         self.connector = create_scheduler_connector(vllm_config)
         self.scheduler = Scheduler(vllm_config, self.kv_cache_manager, self.connector)
+        # Serving sets this where the executor allows it: one bad step must not end the engine.
+        self.isolate_step_errors = False
+        self.errored: dict[str, str] = {}  # request id -> why its step failed (reported once)
         logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                     time.perf_counter() - start, num_blocks, cache_config.block_size)
 
@@ -49,6 +53,7 @@ class EngineCore:
         return self.kv_cache_manager.num_blocks * self.kv_cache_manager.block_size
 
     def add_request(self, request: Request) -> None:
+        check_request_fits_model(request, self.vllm_config.model_config.vocab_size)
         if request.num_tokens > self.max_tokens_in_cache:
             raise ValueError(
                 f"the prompt ({request.num_tokens} tokens) can never fit in the KV cache "
@@ -91,8 +96,30 @@ class EngineCore:
         if not self.scheduler.has_work():
             return outputs
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.executor.execute_model(scheduler_output)
-        return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
+        try:
+            runner_output = self.executor.execute_model(scheduler_output)
+            return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
+        except Exception as error:
+            if not self.isolate_step_errors:
+                raise
+            logger.exception("a step failed; its requests fail, the engine goes on")
+            return outputs + self._fail_step(scheduler_output, error)
+
+    def _fail_step(self, scheduler_output, error: Exception) -> list[EngineCoreOutput]:
+        """Fail the requests of a step that raised; the KV it may have half written leaves
+        the prefix cache with them."""
+        reason = f"the engine step computing this request failed: {type(error).__name__}: {error}"
+        request_ids = [r for r in scheduler_output.num_scheduled_tokens
+                       if r in self.scheduler.requests]
+        for request_id in request_ids:
+            self.kv_cache_manager.uncache_blocks(request_id)
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+        self.errored.update(dict.fromkeys(request_ids, reason))
+        return [EngineCoreOutput(r, [], finish_reason="abort") for r in request_ids]
+
+    def take_errored(self) -> dict[str, str]:
+        errored, self.errored = self.errored, {}
+        return errored
 
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -59,6 +59,8 @@ class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
     rejected: dict[str, str] = {}
     # request id -> why it failed after admission (its KV transfer failed).
     failed: dict[str, str] = {}
+    # request id -> why the step computing it raised (the engine went on without it).
+    errored: dict[str, str] = {}
     timestamp: float = 0.0
 
 
@@ -118,6 +120,8 @@ class EngineCoreProc:
     def start_engine(self, vllm_config, executor_cls=None) -> None:
         from vllm.engine.core import EngineCore
         self.engine_core = EngineCore(vllm_config, executor_cls)
+        self.engine_core.isolate_step_errors = getattr(self.engine_core.executor,
+                                                       "survives_step_errors", False)
         register = getattr(self.engine_core.executor, "register_failure_callback", None)
         if register is not None:  # multi-rank executors watch their workers
             register(self._on_rank_failure)
@@ -197,6 +201,9 @@ class EngineCoreProc:
             self.engine_core.add_request(request)
         except ValueError as error:
             rejected[message.request_id] = str(error)
+        except Exception as error:  # one request's fault must never end the busy loop
+            logger.exception("engine core refused request %s", message.request_id)
+            rejected[message.request_id] = f"{type(error).__name__}: {error}"
 
     def _free_blocks_changed(self) -> bool:
         """Blocks can come back with no step (a KV consumer's ack, a lease running out)."""
@@ -207,7 +214,8 @@ class EngineCoreProc:
         self._published_free = stats.num_free_blocks
         self.send(MessageTag.OUTPUTS, EngineCoreOutputs(
             outputs=outputs, scheduler_stats=stats, rejected=rejected,
-            failed=self.engine_core.take_failed(), timestamp=time.time()))
+            failed=self.engine_core.take_failed(), errored=self.engine_core.take_errored(),
+            timestamp=time.time()))
 
     def close(self) -> None:
         if self.engine_core is not None:

@@ -3,7 +3,7 @@ from typing import Any, Optional, Union
 
 from vllm.config import ModelConfig
 from vllm.core.request import Request
-from vllm.sampling_params import SamplingParams
+from vllm.sampling_params import INT64_MAX, SamplingParams
 
 PromptType = Union[str, list[int], dict]
 
@@ -43,10 +43,7 @@ class Processor:
         if not isinstance(token_ids, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
             raise InvalidRequestError("prompt_token_ids must be a list of integers")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in token_ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(f"token id {bad[0]} is out of vocabulary (size {vocab})")
+        check_token_ids_in_vocab(token_ids, self.model_config.vocab_size)
         return token_ids
 
     def make_request(self, request_id: str, prompt_token_ids: list[int],
@@ -65,6 +62,7 @@ class Processor:
             params.max_tokens = max_len - num_prompt
         if params.logprobs is not None and params.logprobs > self.model_config.vocab_size:
             raise InvalidRequestError(f"logprobs={params.logprobs} exceeds the vocabulary size")
+        check_params_in_vocab(params, self.model_config.vocab_size)
         return Request(request_id, prompt_token_ids, params, self.eos_token_id,
                        arrival_time, kv_transfer_params)
 
@@ -72,6 +70,10 @@ class Processor:
                       params: SamplingParams, kv_transfer_params: Optional[dict] = None
                       ) -> list[Request]:
         """One request, or n children "{i}_{request_id}" seeded seed + i for n > 1."""
+        if params.seed is not None and params.seed + params.n - 1 > INT64_MAX:
+            raise InvalidRequestError(f"seed + n - 1 must fit in a signed 64-bit integer "
+                                      f"(each of the n samples takes the next seed), got "
+                                      f"seed={params.seed}, n={params.n}")
         if params.n == 1:
             return [self.make_request(request_id, prompt_token_ids, params,
                                       kv_transfer_params=kv_transfer_params)]
@@ -85,6 +87,26 @@ class Processor:
                                               child_params, kv_transfer_params=_child_kv_params(
                                                   kv_transfer_params, request_id, index)))
         return children
+
+
+def check_token_ids_in_vocab(token_ids: list[int], vocab_size: int) -> None:
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidRequestError(f"token id {bad[0]} is out of vocabulary (size {vocab_size})")
+
+
+def check_params_in_vocab(params: SamplingParams, vocab_size: int) -> None:
+    """What the sampler would trip over at step time must be refused at admission."""
+    outside = [t for t in (params.logit_bias or {}) if t >= vocab_size]
+    if outside:
+        raise InvalidRequestError(f"logit_bias token id {outside[0]} is outside the "
+                                  f"vocabulary (size {vocab_size})")
+
+
+def check_request_fits_model(request: Request, vocab_size: int) -> None:
+    """The engine core's own check of a request that came over the wire."""
+    check_token_ids_in_vocab(request.prompt_token_ids, vocab_size)
+    check_params_in_vocab(request.sampling_params, vocab_size)
 
 
 def _child_kv_params(params: Optional[dict], parent_id: str, index: int) -> Optional[dict]:

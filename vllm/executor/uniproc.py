@@ -5,6 +5,8 @@ from vllm.worker.worker import Worker
 
 
 class UniProcExecutor:
+    # One process holds every rank: a failed step leaves no peer waiting in a collective.
+    survives_step_errors = True
 
     def __init__(self, vllm_config: VllmConfig):
         self.vllm_config = vllm_config

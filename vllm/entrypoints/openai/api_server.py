@@ -13,10 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from vllm.engine.async_llm import AsyncLLM
-from vllm.entrypoints.openai.errors import OpenAIError, install_error_handlers, parse_body
+from vllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
 from vllm.entrypoints.openai.metrics import ServerMetrics
 from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
-                                              ModelCard, ModelList)
+                                              DetokenizeRequest, ModelCard, ModelList,
+                                              TokenizeChatRequest, TokenizeCompletionRequest)
+from vllm.entrypoints.openai.request_body import (DEFAULT_MAX_REQUEST_BODY_BYTES, parse_body,
+                                                  read_body)
+from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N, RequestLimits, max_prompt_bytes
 from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from vllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
@@ -26,7 +30,7 @@ from vllm.version import __version__
 logger = init_logger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 5
-PUBLIC_PATHS = ("/v1/kv_transfer/info",)  # read by the PD proxy, which holds no API key
+PUBLIC_PATHS = ("/health", "/metrics")  # open under --api-key; every other route needs it
 
 
 @dataclass
@@ -35,6 +39,17 @@ class ServerState:
     served_model_names: list[str]
     metrics: ServerMetrics
     api_key: Optional[str] = None
+    max_n: int = DEFAULT_MAX_N
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+
+
+def request_limits(state: ServerState) -> RequestLimits:
+    model_config = state.engine.model_config
+    return RequestLimits(
+        max_body_bytes=state.max_request_body_bytes, max_n=state.max_n,
+        max_prompt_bytes=max_prompt_bytes(model_config.max_model_len,
+                                          state.engine.get_tokenizer()),
+        vocab_size=model_config.vocab_size)
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -48,27 +63,33 @@ def build_app(state: ServerState) -> FastAPI:
     install_error_handlers(app)
     if state.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)
-    completion = OpenAIServingCompletion(state.engine, state.served_model_names)
-    chat = OpenAIServingChat(state.engine, state.served_model_names)
-    tokenization = OpenAIServingTokenization(state.engine, state.served_model_names)
+    limits = request_limits(state)
+    names = state.served_model_names
+    completion = OpenAIServingCompletion(state.engine, names, limits)
+    chat = OpenAIServingChat(state.engine, names, limits)
+    tokenization = OpenAIServingTokenization(state.engine, names, limits)
 
-    @app.post("/v1/completions")
+    async def body(raw_request: Request) -> bytes:
+        return await read_body(raw_request, limits.max_body_bytes)
+
+    @app.post("/v1/completions", openapi_extra=request_schema(CompletionRequest))
     async def create_completion(raw_request: Request):
-        request = parse_body(await raw_request.body(), CompletionRequest)
+        request = parse_body(await body(raw_request), CompletionRequest)
         return await completion.create_completion(request, raw_request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_schema(ChatCompletionRequest))
     async def create_chat_completion(raw_request: Request):
-        request = parse_body(await raw_request.body(), ChatCompletionRequest)
+        request = parse_body(await body(raw_request), ChatCompletionRequest)
         return await chat.create_chat_completion(request, raw_request)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=request_schema(TokenizeCompletionRequest,
+                                                         TokenizeChatRequest))
     async def tokenize(raw_request: Request):
-        return tokenization.tokenize(await raw_request.body()).model_dump()
+        return tokenization.tokenize(await body(raw_request)).model_dump()
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=request_schema(DetokenizeRequest))
     async def detokenize(raw_request: Request):
-        return tokenization.detokenize(await raw_request.body()).model_dump()
+        return tokenization.detokenize(await body(raw_request)).model_dump()
 
     _add_info_routes(app, state)
     return app
@@ -106,6 +127,19 @@ def _add_info_routes(app: FastAPI, state: ServerState) -> None:
         return info
 
 
+def request_schema(*models) -> dict:
+    """The OpenAPI description of a route's JSON body (the routes read it themselves)."""
+    schemas = [model.model_json_schema() for model in models]
+    definitions = {}
+    for one in schemas:
+        definitions.update(one.pop("$defs", {}))
+    schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
+    if definitions:
+        schema["$defs"] = definitions  # refs point at the root's $defs
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
 def kv_transfer_info_of(vllm_config) -> Optional[dict]:
     """What a proxy needs to pair this instance with others."""
     config = vllm_config.kv_transfer_config
@@ -117,7 +151,8 @@ def kv_transfer_info_of(vllm_config) -> Optional[dict]:
 
 
 class ApiKeyMiddleware:
-    """Plain ASGI middleware: /v1 routes need 'Authorization: Bearer <api key>'."""
+    """Plain ASGI middleware: every route but PUBLIC_PATHS needs 'Authorization: Bearer
+    <api key>' (vLLM leaves routes outside /v1 open; /tokenize would use the model)."""
 
     def __init__(self, app, api_key: str):
         self.app = app
@@ -125,7 +160,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or not scope["path"].startswith("/v1") or scope["path"] in PUBLIC_PATHS):
+                or scope["path"] in PUBLIC_PATHS):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if hmac.compare_digest(given, self.expected):
@@ -175,7 +210,8 @@ async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket)
     try:
         engine = await AsyncLLM.from_vllm_config(
             vllm_config, log_requests=not args.disable_log_requests, stat_logger=metrics)
-        app = build_app(ServerState(engine, names, metrics, args.api_key))
+        app = build_app(ServerState(engine, names, metrics, args.api_key, args.max_n,
+                                    args.max_request_body_bytes))
         config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         logger.info("serving %s on http://%s:%d", ", ".join(names), args.host, args.port)

@@ -9,6 +9,9 @@ import os
 import re
 from typing import Any, Optional
 
+from vllm.entrypoints.openai.request_body import DEFAULT_MAX_REQUEST_BODY_BYTES
+from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N
+
 KV_TRANSFER_CONFIG_KEYS = {
     "kv_connector": (str,), "kv_role": (str,), "kv_rank": (int,), "kv_parallel_size": (int,),
     "kv_ip": (str,), "kv_port": (int, str), "kv_buffer_device": (str,),
@@ -23,6 +26,16 @@ ADDITIONAL_CONFIG_KEYS = {
     "ascend_scheduler_config": (dict,),
 }
 UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 class ServeArgumentError(ValueError):
@@ -43,7 +56,13 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", default="0.0.0.0", help="address to bind")
     group.add_argument("--port", type=int, default=8000)
     group.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
-                       help="require 'Authorization: Bearer KEY' on /v1 routes")
+                       help="require 'Authorization: Bearer KEY' on every route but /health "
+                       "and /metrics (default: $VLLM_API_KEY)")
+    group.add_argument("--max-n", type=_positive_int, default=DEFAULT_MAX_N,
+                       help="the largest n (samples per prompt) one request may ask for")
+    group.add_argument("--max-request-body-bytes", type=_positive_int,
+                       default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                       help="larger request bodies get 413 before they are read in full")
     group.add_argument("--served-model-name", nargs="+", default=None,
                        help="names the API answers to (default: the model path)")
     group.add_argument("--disable-log-requests", action="store_true")

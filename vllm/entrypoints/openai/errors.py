@@ -1,11 +1,9 @@
 """OpenAI-style error bodies: {"error": {"message", "type", "param", "code"}}, and the handlers
 that turn every failure of a request into one (never a crash of the server)."""
-import json
 import re
 from http import HTTPStatus
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
-import pydantic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,10 +15,6 @@ from vllm.logger import init_logger
 
 logger = init_logger(__name__)
 
-ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\])$")
-_PROMPT_SHAPES = ("a string, a list of strings, a list of token ids or a list of "
-                  "token-id lists")
 
 
 class OpenAIError(Exception):
@@ -41,7 +35,10 @@ class OpenAIError(Exception):
         return ErrorResponse(error=info).model_dump()
 
     def to_response(self) -> JSONResponse:
-        return JSONResponse(self.to_body(), status_code=self.status)
+        """A 5xx (or a 413, whose body may be unread) asks the client to reconnect."""
+        closes = self.status >= 500 or self.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        headers = {"Connection": "close"} if closes else None
+        return JSONResponse(self.to_body(), status_code=self.status, headers=headers)
 
 
 def model_not_found(name: str) -> OpenAIError:
@@ -75,45 +72,6 @@ def _leading_name(message: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object body, or raise a 400 that says what is wrong with it."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise OpenAIError(f"malformed JSON body: {error}") from None
-    if not isinstance(data, dict):
-        raise OpenAIError(f"the request body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def validate(data: dict[str, Any], model_cls: type[ModelT]) -> ModelT:
-    """Build `model_cls` from a decoded body, or raise a 400 naming the offending field."""
-    try:
-        return model_cls.model_validate(data)
-    except pydantic.ValidationError as error:
-        raise validation_error(error) from None
-
-
-def parse_body(raw: bytes, model_cls: type[ModelT]) -> ModelT:
-    return validate(parse_json_object(raw), model_cls)
-
-
-def validation_error(error: pydantic.ValidationError) -> OpenAIError:
-    first = error.errors()[0]
-    path = [str(part) for part in first["loc"] if not _UNION_TAG.match(str(part))]
-    param = ".".join(path) or None
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        return OpenAIError(f"Unrecognized request argument supplied: {param}", param=param)
-    if kind == "missing":
-        return OpenAIError(f"'{param}' is a required field", param=param)
-    if path and path[0] == "prompt":
-        return OpenAIError(f"'prompt' must be {_PROMPT_SHAPES}", param="prompt")
-    shown = repr(first.get("input"))
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return OpenAIError(f"'{param}': {first['msg']} (got {shown})", param=param)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, error: OpenAIError):
@@ -132,6 +90,29 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return OpenAIError(str(error.detail), error.status_code, type=kind).to_response()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception):
-        return from_exception(error).to_response()
+    app.add_middleware(InternalErrorMiddleware)
+
+
+class InternalErrorMiddleware:
+    """Plain ASGI middleware: an exception no handler took becomes a complete 500 response
+    (Starlette's own last-resort handler re-raises it and the connection is dropped)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started:  # a stream broke midway: only the server can end it now
+                raise
+            await from_exception(error).to_response()(scope, receive, send)

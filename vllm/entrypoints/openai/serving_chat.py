@@ -49,6 +49,7 @@ class OpenAIServingChat(OpenAIServing):
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
+        self.check_limits(request)
         params = build_sampling_params(request, max_tokens, num_logprobs)
         text, token_ids = self.render_chat(request.messages, request.add_generation_prompt,
                                            request.chat_template_kwargs)

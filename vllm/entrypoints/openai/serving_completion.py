@@ -16,6 +16,12 @@ from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
 from vllm.outputs import CompletionOutput, RequestOutput
 
 
+def _num_prompts(prompt) -> int:
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return 1
+    return len(prompt)
+
+
 @dataclass
 class _Choice:
     text: str = ""
@@ -42,6 +48,7 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.echo and request.logprobs is not None:
             raise OpenAIError("echo with logprobs needs prompt logprobs, which are not "
                               "supported yet", param="echo")
+        self.check_limits(request, _num_prompts(request.prompt))
         params = build_sampling_params(request, request.max_tokens, request.logprobs,
                                        request.best_of)
         prompts = self._tokenize_prompts(request.prompt)
@@ -78,6 +85,9 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("'prompt' must not be an empty list", param="prompt")
         if isinstance(prompt, str) or isinstance(prompt[0], int):
             prompt = [prompt]
+        for one in prompt:
+            if isinstance(one, str):
+                self.check_prompt_text(one)
         parse = self.engine.processor.parse_prompt
         try:
             parsed = [parse(one) for one in prompt]

@@ -12,6 +12,8 @@ from vllm.engine.async_llm import AsyncLLM
 from vllm.entrypoints.openai.errors import OpenAIError, from_exception, model_not_found
 from vllm.entrypoints.openai.protocol import (ChatMessage, PromptTokenUsageInfo, SamplingRequest,
                                               UsageInfo)
+from vllm.entrypoints.openai.request_limits import (RequestLimits, check_prompt_text,
+                                                    check_sampling_fields)
 from vllm.sampling_params import SamplingParams
 
 T = TypeVar("T")
@@ -28,10 +30,12 @@ _RESERVED_TEMPLATE_KWARGS = {"conversation", "tokenize", "return_dict", "tools",
 class OpenAIServing:
     """Base of the serving classes: one engine, the names it answers to."""
 
-    def __init__(self, engine: AsyncLLM, served_model_names: list[str]):
+    def __init__(self, engine: AsyncLLM, served_model_names: list[str],
+                 limits: Optional[RequestLimits] = None):
         self.engine = engine
         self.served_model_names = served_model_names
         self.max_model_len = engine.model_config.max_model_len
+        self.limits = limits or RequestLimits(vocab_size=engine.model_config.vocab_size)
 
     @property
     def tokenizer(self):
@@ -43,6 +47,12 @@ class OpenAIServing:
         if requested not in self.served_model_names:
             raise model_not_found(requested)
         return requested
+
+    def check_limits(self, request: SamplingRequest, num_prompts: int = 1) -> None:
+        check_sampling_fields(request, self.limits, num_prompts)
+
+    def check_prompt_text(self, text: str, param: str = "prompt") -> None:
+        check_prompt_text(text, self.limits, param)
 
     def check_engine(self) -> None:
         try:
@@ -71,6 +81,7 @@ class OpenAIServing:
         except Exception as error:  # jinja raises many kinds; all are the request's fault
             raise OpenAIError(f"cannot apply the chat template: {error}",
                               param="messages") from None
+        self.check_prompt_text(text, "messages")
         return text, tokenizer.encode(text, add_special_tokens=False)
 
     def abort_all(self, request_ids: list[str]) -> None:

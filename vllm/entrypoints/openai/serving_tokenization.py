@@ -1,8 +1,9 @@
 """POST /tokenize and /detokenize (vLLM's shapes: a prompt or chat messages in, token ids out)."""
-from vllm.entrypoints.openai.errors import OpenAIError, parse_json_object, validate
+from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
                                               TokenizeChatRequest, TokenizeCompletionRequest,
                                               TokenizeResponse)
+from vllm.entrypoints.openai.request_body import parse_json_object, validate
 from vllm.entrypoints.openai.serving_engine import OpenAIServing
 
 
@@ -20,6 +21,7 @@ class OpenAIServingTokenization(OpenAIServing):
         else:
             request = validate(data, TokenizeCompletionRequest)
             self.resolve_model_name(request.model)
+            self.check_prompt_text(request.prompt)
             token_ids = self.tokenizer.encode(request.prompt,
                                               add_special_tokens=request.add_special_tokens
                                               is not False)
