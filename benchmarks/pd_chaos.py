@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import aiohttp
 import psutil
@@ -123,6 +123,7 @@ class Outcome:
     """How one streamed request ended; times are seconds on the monotonic clock."""
     index: int
     start: float
+    max_tokens: int
     end: Optional[float] = None
     ending: str = "hung"
     status: Optional[int] = None
@@ -146,14 +147,15 @@ def prompt_text(index: int, num_words: int) -> str:
     return f"Request {index}: " + " ".join(rng.choice(WORDS) for _ in range(num_words))
 
 
+def answer_length(index: int, output_len: int) -> int:
+    """Varies around --output-len, so that requests are at every stage when the kill comes."""
+    return random.Random(-index).randint(max(1, output_len // 2), output_len * 3 // 2)
+
+
 def request_body(index: int, args: argparse.Namespace) -> dict:
-    """A unique prompt; the answer length varies around --output-len, so that requests
-    are at every stage when the kill comes."""
-    max_tokens = random.Random(-index).randint(max(1, args.output_len // 2),
-                                               args.output_len * 3 // 2)
     return {"model": args.model_name, "prompt": prompt_text(index, args.input_len),
-            "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "max_tokens": answer_length(index, args.output_len), "ignore_eos": True,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 
 def read_event(outcome: Outcome, data: bytes) -> bool:
@@ -179,8 +181,9 @@ async def read_stream(session: aiohttp.ClientSession, url: str, body: dict,
         async with session.post(url + "/v1/completions", json=body) as response:
             outcome.status = response.status
             if response.status != 200:
+                outcome.ending = "http_error"
                 error = (await response.json(content_type=None)).get("error", {})
-                outcome.ending, outcome.error_code = "http_error", str(error.get("code"))
+                outcome.error_code = str(error.get("code"))
                 return
             outcome.ending = "cut"  # unless [DONE] or an error event arrives
             async for line in response.content:
@@ -192,7 +195,7 @@ async def read_stream(session: aiohttp.ClientSession, url: str, body: dict,
 
 
 async def one_request(session, url: str, index: int, args, outcomes: list) -> Outcome:
-    outcome = Outcome(index, time.monotonic())
+    outcome = Outcome(index, time.monotonic(), answer_length(index, args.output_len))
     outcomes.append(outcome)
     try:
         await asyncio.wait_for(read_stream(session, url, request_body(index, args), outcome),
@@ -277,15 +280,16 @@ def summarize(run: LoadRun, args) -> dict:
     """Counts and timings of one run (see the module docstring)."""
     outcomes, kill = run.outcomes, run.kill_time
     counts = {ending: sum(o.ending == ending for o in outcomes) for ending in ENDINGS}
-    before = [o.latency for o in outcomes
+    before = [o for o in outcomes
               if o.ending == "completed" and kill is not None and o.end < kill]
-    normal = statistics.median(before) if before else None
+    normal = statistics.median(o.latency for o in before) if before else None
+    expected = normal_latency(before)
     hit = [o for o in outcomes if kill is not None and o.start < kill
            and (o.end is None or o.end > kill)]
     ends = [o.end - kill for o in hit if o.end is not None]
     recomputed = [o for o in outcomes if o.computed_prompt and o.ending == "completed"
                   and kill is not None and (o.end is None or o.end > kill)]
-    extra = [o.latency - normal for o in recomputed if normal is not None]
+    extra = [o.latency - expected(o.max_tokens) for o in recomputed if expected is not None]
     return {
         "scenario": args.scenario, "killed": SCENARIOS[args.scenario],
         "num_requests": len(outcomes), "counts": counts,
@@ -300,6 +304,20 @@ def summarize(run: LoadRun, args) -> dict:
         "max_extra_latency_recomputed_s": _round(max(extra, default=None)),
         "mean_extra_latency_recomputed_s": _round(statistics.mean(extra) if extra else None),
     }
+
+
+def normal_latency(before: list[Outcome]) -> Optional[Callable[[int], float]]:
+    """Latency by answer length, fitted to the completions before the kill (a straight
+    line; the median when the lengths do not vary)."""
+    if not before:
+        return None
+    try:
+        fit = statistics.linear_regression([o.max_tokens for o in before],
+                                           [o.latency for o in before])
+    except statistics.StatisticsError:
+        median = statistics.median(o.latency for o in before)
+        return lambda _: median
+    return lambda max_tokens: fit.intercept + fit.slope * max_tokens
 
 
 def outcome_rows(run: LoadRun) -> list[dict]:
@@ -347,7 +365,8 @@ def print_report(result: dict) -> None:
     print(f"  normal latency {result['normal_latency_s']} s; recomputed after the kill: "
           f"{result['recomputed_after_kill']}, extra latency max "
           f"{result['max_extra_latency_recomputed_s']} s, mean "
-          f"{result['mean_extra_latency_recomputed_s']} s")
+          f"{result['mean_extra_latency_recomputed_s']} s (against a fit of latency to "
+          f"answer length before the kill)")
     for name, leak in result["survivors"].items():
         print(f"  {name}: leaked KV blocks {leak['leaked_blocks']:g} "
               f"(idle {leak['idle_free_blocks']:g} free, after {leak['free_blocks_after']:g}, "
