@@ -34,7 +34,7 @@ def add_proxy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="seconds between health checks of every instance")
     parser.add_argument("--request-timeout-s", type=float, default=600.0,
                         help="seconds one upstream request may take in total")
-    parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
+    parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"), metavar="KEY",
                         help="require 'Authorization: Bearer KEY' on every route but "
                              "/health and /metrics [env VLLM_API_KEY]")
     parser.add_argument("--instance-api-key", default=None, metavar="KEY",
