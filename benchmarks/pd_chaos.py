@@ -292,6 +292,7 @@ def summarize(run: LoadRun, args) -> dict:
     extra = [o.latency - expected(o.max_tokens) for o in recomputed if expected is not None]
     return {
         "scenario": args.scenario, "killed": SCENARIOS[args.scenario],
+        "kill_happened": kill is not None,
         "num_requests": len(outcomes), "counts": counts,
         "http_error_codes": _tally(o.error_code for o in outcomes if o.ending == "http_error"),
         "sse_error_codes": _tally(o.error_code for o in outcomes if o.ending == "sse_error"),
@@ -359,6 +360,8 @@ def print_report(result: dict) -> None:
           f"{result['num_requests']} streamed requests:")
     for ending in ENDINGS:
         print(f"  {ending:12s} {counts[ending]}")
+    if not result["kill_happened"]:
+        print("  NO KILL: fewer than --kill-after completions; the run is not a chaos run")
     print(f"  in flight at the kill: {result['in_flight_at_kill']} "
           f"{result['in_flight_endings']}, last ended {result['max_end_after_kill_s']} s "
           f"after the kill")

@@ -39,7 +39,7 @@ def test_decode_kill_ends_every_stream_with_an_error_promptly(tmp_path):
     result = _run("decode-kill", tmp_path)
     counts = result["counts"]
     assert counts["hung"] == 0 and counts["cut"] == 0, counts
-    assert sum(counts.values()) == 24 and counts["completed"] >= 12
+    assert result["kill_happened"] and sum(counts.values()) == 24
     assert result["in_flight_at_kill"] > 0
     assert set(result["in_flight_endings"]) <= {"sse_error", "http_error"}
     assert set(result["sse_error_codes"]) <= {"upstream_broken"}
@@ -50,5 +50,5 @@ def test_decode_kill_ends_every_stream_with_an_error_promptly(tmp_path):
 def test_prefill_kill_completes_every_request(tmp_path):
     result = _run("prefill-kill", tmp_path)
     counts = result["counts"]
-    assert counts["completed"] == 24, counts
+    assert result["kill_happened"] and counts["completed"] == 24, counts
     _assert_no_leak(result)
