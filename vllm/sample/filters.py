@@ -16,7 +16,8 @@ def apply_top_k_top_p(
     """Keep each row's top_k tokens, then the smallest set reaching top_p mass.
 
     top_k is (B,) int64 with vocab_size where disabled; top_p is (B,) with 1.0
-    where disabled; either may be None. The top token always survives.
+    where disabled; either may be None. The top token always survives
+    (rows need a finite maximum: the sampler shifts it to 0).
     """
     sorted_logits, sorted_ids = logits.sort(dim=-1, descending=True)  # (B, V)
     drop = torch.zeros_like(sorted_logits, dtype=torch.bool)  # (B, V)
@@ -27,5 +28,6 @@ def apply_top_k_top_p(
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)  # (B, V)
         mass_before = probs.cumsum(dim=-1) - probs  # (B, V)
         drop |= mass_before >= top_p[:, None]
+    drop[:, 0] = False  # a top_p that rounds to 0 in float32 would drop the top token too
     drop_in_vocab_order = torch.empty_like(drop).scatter_(1, sorted_ids, drop)  # (B, V)
     return logits.masked_fill(drop_in_vocab_order, float("-inf"))  # (B, V)

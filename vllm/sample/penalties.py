@@ -10,6 +10,11 @@ def apply_repetition_penalty(
     (prompt or output) by the row's penalty."""
     penalty = penalties[:, None]  # (B, 1)
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)  # (B, V)
+    if not ((penalties > 0) & torch.isfinite(penalties)).all():
+        # a penalty that rounded to 0 or inf in float32 would make 0 * inf, inf / inf or
+        # -inf * 0 NaN; 0 and +-inf are fixed points of every penalty
+        fixed = (logits == 0) | torch.isinf(logits)  # (B, V)
+        scaled = torch.where(fixed, logits, scaled)  # (B, V)
     return torch.where(seen_token_mask, scaled, logits)  # (B, V)
 
 
