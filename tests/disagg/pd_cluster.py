@@ -29,9 +29,10 @@ def free_kv_port() -> int:
 
 def start_instance(role: str, engine_id: str, model_args: Optional[list[str]] = None,
                    extra: Optional[dict] = None, policy: str = "recompute",
-                   args: Optional[list[str]] = None) -> RemoteServer:
+                   args: Optional[list[str]] = None,
+                   kv_port: Optional[int] = None) -> RemoteServer:
     config = {"kv_connector": "PushConnector", "kv_role": role, "kv_ip": "127.0.0.1",
-              "kv_port": free_kv_port(), "engine_id": engine_id,
+              "kv_port": kv_port or free_kv_port(), "engine_id": engine_id,
               "kv_load_failure_policy": policy, "kv_connector_extra_config": extra or {}}
     server = RemoteServer([*(model_args or []), *BASE_ARGS, *(args or []),
                            "--kv-transfer-config", json.dumps(config)], env=ENV)

@@ -8,7 +8,10 @@ the cache. Its blocks are held after it finishes until ConsumerAck, an abort, or
 Consumer (decode instance): a request carrying `do_remote_prefill` reserves blocks for its
 prompt, asks the producer for tokens [local hits, prompt_len - 1) and waits. When every
 rank reports the KV in place it is scheduled to compute only the last prompt token; when
-the KV cannot come it is recomputed locally or failed (kv_load_failure_policy).
+the KV cannot come it is recomputed locally or failed (kv_load_failure_policy). The KV
+cannot come when the wait times out, a receiving rank's pair group breaks, or the
+producer's control socket is gone (PeerWatch: the connection broke, or it was never
+reachable within kv_peer_timeout_s); each applies the policy at the next poll.
 """
 import itertools
 import random
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
+from vllm.config import ConfigError
 from vllm.distributed.kv_transfer.base import ConnectorEvents, KVConnectorScheduler
 from vllm.distributed.kv_transfer.control import ControlEndpoint
 from vllm.distributed.kv_transfer.messages import (ConsumerAck, ConsumerReady, KVLayout,
@@ -30,6 +34,7 @@ logger = init_logger(__name__)
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_KV_WAIT_TIMEOUT_S = 60.0
+DEFAULT_PEER_TIMEOUT_S = 3.0  # consumer: a producer silent or unreachable this long is gone
 
 
 def transfer_key(request) -> str:
@@ -63,6 +68,7 @@ class _Consumed:
     token_start: int
     token_end: int
     block_ids: list[int]
+    asked_at: float  # when ConsumerReady left
     deadline: float
     ranks_done: set[int] = field(default_factory=set)
 
@@ -79,6 +85,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
         self.wait_timeout_s = float(config.extra("kv_wait_timeout_s",
                                                  DEFAULT_KV_WAIT_TIMEOUT_S))
         self.endpoint = ControlEndpoint(config.kv_ip, config.kv_port)
+        self._peers = self._watch_producers() if config.is_consumer else None
         self.store_addr = f"{config.kv_ip}:{config.kv_port + 1}"
         self._store = None
         if config.is_consumer:
@@ -93,6 +100,13 @@ class PushConnectorScheduler(KVConnectorScheduler):
         self._events = ConnectorEvents([], [], [], [])
         self._block_ids_of: Callable[[str], list[int]] = lambda request_id: []
 
+    def _watch_producers(self):
+        timeout_s = float(self.config.extra("kv_peer_timeout_s", DEFAULT_PEER_TIMEOUT_S))
+        if timeout_s <= 0:
+            raise ConfigError(f"--kv-transfer-config: kv_peer_timeout_s must be > 0, got "
+                              f"{timeout_s:g}")
+        return self.endpoint.watch_peers(timeout_s)
+
     def bind_block_lookup(self, block_ids_of: Callable[[str], list[int]]) -> None:
         self._block_ids_of = block_ids_of
 
@@ -102,7 +116,8 @@ class PushConnectorScheduler(KVConnectorScheduler):
                 "kv_host": host, "kv_port": int(port), "tensor_parallel_size": self.tp_size}
 
     def wake_sockets(self) -> list:
-        return [self.endpoint.inbox]
+        peers = self._peers.monitors() if self._peers is not None else []
+        return [self.endpoint.inbox, *peers]
 
     def has_pending_work(self) -> bool:
         meta = self._meta
@@ -127,9 +142,10 @@ class PushConnectorScheduler(KVConnectorScheduler):
     def update_state_after_alloc(self, request, block_ids, num_external_tokens) -> None:
         params = request.kv_transfer_params or {}
         end = request.num_prompt_tokens - 1
+        now = time.monotonic()
         state = _Consumed(request, _producer_address(params), next(self._transfer_ids),
-                          end - num_external_tokens, end, list(block_ids),
-                          time.monotonic() + self.wait_timeout_s)
+                          end - num_external_tokens, end, list(block_ids), now,
+                          now + self.wait_timeout_s)
         self._consumed[transfer_key(request)] = state
         self._send(state.producer_addr, ConsumerReady(
             transfer_key(request), self.config.engine_id, self.nonce, self.endpoint.address,
@@ -219,7 +235,11 @@ class PushConnectorScheduler(KVConnectorScheduler):
     def poll(self) -> ConnectorEvents:
         for message in self.endpoint.receive_all():
             self._handle(message)
-        self._expire(time.monotonic())
+        now = time.monotonic()
+        if self._peers is not None:
+            self._peers.update(now)
+            self._fail_if_producer_gone(now)
+        self._expire(now)
         events, self._events = self._events, ConnectorEvents([], [], [], [])
         return events
 
@@ -334,6 +354,12 @@ class PushConnectorScheduler(KVConnectorScheduler):
         if state is not None and state.held:
             del self._produced[key]
             self._events.release.append(state.request.request_id)
+
+    def _fail_if_producer_gone(self, now: float) -> None:
+        for key, state in list(self._consumed.items()):
+            trouble = self._peers.trouble(state.producer_addr, state.asked_at, now)
+            if trouble is not None:
+                self._fail_consumed(key, f"the prefill instance is gone ({trouble})")
 
     def _expire(self, now: float) -> None:
         for key, state in list(self._consumed.items()):

@@ -79,6 +79,7 @@ class PushConnectorWorker(KVConnectorWorker):
         self._cancelled: set[int] = set()
         self._cancelled_sends: set[int] = set()
         self._receivers: dict[PairKey, threading.Thread] = {}
+        self._broken: dict[PairKey, str] = {}  # pairs whose receiving thread failed: why
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         self.kv_caches = kv_caches
@@ -183,20 +184,33 @@ class PushConnectorWorker(KVConnectorWorker):
 
     # ---- consumer ------------------------------------------------------------------------
     def _register_receive(self, job: RecvJob) -> None:
-        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
-            if transfer.consumer_rank == self.rank:
-                pair = PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
-                               self.engine_id, self.nonce, self.rank)
-                self._ensure_receiver(pair, job.store_addr)
+        """A transfer over a pair that already broke fails at once: its producer is gone
+        (a new process of it has a new nonce, so new pairs)."""
+        pairs = list(self._pairs_from(job))
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
         units = len(self.layers) * (job.token_end - job.token_start) * self.my_heads.count
         with self._lock:
+            broken = next((self._broken[p] for p in pairs if p in self._broken), None)
+            if broken is None:
+                for pair in pairs:
+                    self._ensure_receiver(pair, job.store_addr)
             if job.transfer_id in self._cancelled:
                 return
-            self._receiving[job.transfer_id] = _Receiving(job, slots, units)
+            if broken is None:
+                self._receiving[job.transfer_id] = _Receiving(job, slots, units)
             early = self._early.pop(job.transfer_id, [])
+        if broken is not None:
+            self.control.send(self.engine_address,
+                              RankTransferFailed([job.key], self.rank, broken))
+            return
         for header, payload in early:
             self._apply(header, payload)
+
+    def _pairs_from(self, job: RecvJob):
+        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
+            if transfer.consumer_rank == self.rank:
+                yield PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
+                              self.engine_id, self.nonce, self.rank)
 
     def _ensure_receiver(self, pair: PairKey, store_addr: str) -> None:
         thread = self._receivers.get(pair)
@@ -259,15 +273,17 @@ class PushConnectorWorker(KVConnectorWorker):
         self._early.pop(transfer_id, None)
 
     def _fail_pending_from(self, pair: PairKey, error: Exception) -> None:
+        reason = f"connection to the prefill instance broke: {error}"
         with self._lock:
+            self._broken[pair] = reason
             keys = [r.job.key for r in self._receiving.values()
                     if (r.job.producer_engine, r.job.producer_nonce) ==
                     (pair.producer_engine, pair.producer_nonce)]
         logger.warning("KV receive from %s failed (%s); %d transfers lost",
                        pair.producer_engine, error, len(keys))
         if keys:
-            self.control.send(self.engine_address, RankTransferFailed(
-                keys, self.rank, f"connection to the prefill instance broke: {error}"))
+            self.control.send(self.engine_address,
+                              RankTransferFailed(keys, self.rank, reason))
 
     def shutdown(self) -> None:
         with self._lock:
