@@ -134,9 +134,12 @@ class FakeRay:
         return {}
 
 
-@pytest.mark.parametrize("address, expected",
-                         [(None, {}), ("10.0.0.1:6379", {"address": "auto"})])
+@pytest.mark.parametrize("address, expected", [
+    (None, {"_node_ip_address": "127.0.0.1", "include_dashboard": False}),
+    ("10.0.0.1:6379", {"address": "auto"})])
 def test_connects_to_the_cluster_in_ray_address(monkeypatch, address, expected):
+    monkeypatch.delenv("VLLM_HOST_IP", raising=False)
+    monkeypatch.delenv("VLLM_SERVE_HOST", raising=False)
     if address is None:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     else:

@@ -7,14 +7,13 @@ import time
 from typing import Optional
 
 from vllm.config import VllmConfig
+from vllm.distributed.network import internal_host
 from vllm.executor.distributed_executor import DistributedExecutor
 from vllm.executor.rank_launcher import RankLauncher
 from vllm.executor.worker_proc import RankSpec, run_rank
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
-
-HOST_IP_ENV = "VLLM_HOST_IP"
 
 
 class MultiprocExecutor(DistributedExecutor):
@@ -29,7 +28,7 @@ class ProcessLauncher(RankLauncher):
         self.processes: list[multiprocessing.Process] = []
 
     def host_address(self) -> str:
-        return os.environ.get(HOST_IP_ENV) or "127.0.0.1"
+        return internal_host()
 
     def launch(self, vllm_config: VllmConfig, template: RankSpec) -> None:
         context = multiprocessing.get_context("spawn")

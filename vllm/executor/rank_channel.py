@@ -11,6 +11,8 @@ from typing import Any, NamedTuple, Optional
 
 import zmq
 
+from vllm.distributed.network import refuse_wildcard, zmq_address
+
 PORT_ENV = "VLLM_PORT"
 STARTUP_CALL_ID = 0
 
@@ -93,10 +95,10 @@ class RankChannel:
         self.rank = rank
         self.context = zmq.Context()
         self.call_socket = self.context.socket(zmq.PULL)
-        self.call_socket.connect(endpoints.call_addresses[rank])
+        _connect(self.call_socket, endpoints.call_addresses[rank])
         self.reply_socket = self.context.socket(zmq.PUSH)
         self.reply_socket.setsockopt(zmq.SNDHWM, 0)
-        self.reply_socket.connect(endpoints.reply_address)
+        _connect(self.reply_socket, endpoints.reply_address)
 
     def receive(self, timeout_ms: int) -> Optional[RpcCall]:
         if not self.call_socket.poll(timeout_ms):
@@ -113,8 +115,15 @@ class RankChannel:
 
 
 def _bind(socket: zmq.Socket, host: str, port: Optional[int]) -> str:
+    refuse_wildcard(host)
+    socket.setsockopt(zmq.IPV6, ":" in host)
     if port is None:
-        port = socket.bind_to_random_port(f"tcp://{host}")
+        port = socket.bind_to_random_port(zmq_address(host))
     else:
-        socket.bind(f"tcp://{host}:{port}")
-    return f"tcp://{host}:{port}"
+        socket.bind(zmq_address(host, port))
+    return zmq_address(host, port)
+
+
+def _connect(socket: zmq.Socket, address: str) -> None:
+    socket.setsockopt(zmq.IPV6, "[" in address)
+    socket.connect(address)

@@ -8,8 +8,8 @@ from typing import Optional
 
 import vllm
 from vllm.config import VllmConfig
+from vllm.distributed.network import internal_host
 from vllm.executor.distributed_executor import DistributedExecutor
-from vllm.executor.multiproc import HOST_IP_ENV
 from vllm.executor.rank_launcher import RankLauncher
 from vllm.executor.worker_proc import RankSpec, run_rank
 from vllm.logger import init_logger
@@ -46,12 +46,10 @@ class RayLauncher(RankLauncher):
         self.run_refs: list = []
 
     def host_address(self) -> str:
-        if os.environ.get(HOST_IP_ENV):
-            return os.environ[HOST_IP_ENV]
         alive_nodes = [node for node in self.ray.nodes() if node.get("Alive")]
         if len(alive_nodes) <= 1:
-            return "127.0.0.1"
-        return self.ray.util.get_node_ip_address()
+            return internal_host()
+        return internal_host(fallback=self.ray.util.get_node_ip_address(), single_host=False)
 
     def launch(self, vllm_config: VllmConfig, template: RankSpec) -> None:
         ray = self.ray
@@ -110,8 +108,8 @@ def connect_to_ray(ray) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto")
-    else:
-        ray.init()
+    else:  # a local cluster: its ports on our host, no dashboard
+        ray.init(_node_ip_address=internal_host(), include_dashboard=False)
     logger.info("connected to Ray: %s", ray.cluster_resources())
 
 

@@ -5,6 +5,7 @@ from typing import Optional
 import psutil
 import torch
 
+from vllm.distributed.network import internal_host, is_local_address
 from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
@@ -57,15 +58,22 @@ class CpuPlatform(Platform):
         except (ImportError, AttributeError, RuntimeError):
             return None
 
-    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
+                          host: Optional[str] = None):
         import torch.distributed as dist
         options = dist.ProcessGroupGloo._Options()
         options._timeout = timeout
-        interface = os.environ.get("GLOO_SOCKET_IFNAME")
-        if interface:
-            device = dist.ProcessGroupGloo.create_device(interface=interface)
-        else:
-            host = os.environ.get("VLLM_KV_TRANSFER_HOST", "127.0.0.1")
-            device = dist.ProcessGroupGloo.create_device(hostname=host)
-        options._devices = [device]
+        options._devices = [gloo_device(internal_host(host))]
         return dist.ProcessGroupGloo(store, rank, world_size, options)
+
+
+def gloo_device(host: str):
+    """A gloo device listening on `host` when this machine holds it (else on the hostname's
+    address, as torch's default); GLOO_SOCKET_IFNAME, when set, names the interface instead."""
+    import torch.distributed as dist
+    interface = os.environ.get("GLOO_SOCKET_IFNAME")
+    if interface:
+        return dist.ProcessGroupGloo.create_device(interface=interface)
+    if is_local_address(host):
+        return dist.ProcessGroupGloo.create_device(hostname=host)
+    return dist.ProcessGroupGloo.create_default_device()

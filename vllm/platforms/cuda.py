@@ -40,7 +40,8 @@ class CudaPlatform(Platform):
     def visible_devices_env(self) -> Optional[str]:
         return "CUDA_VISIBLE_DEVICES"
 
-    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
+                          host: Optional[str] = None):
         # torch.distributed.ProcessGroupNCCL(store, rank, size, options), PyTorch >= 2.0.
         import torch.distributed as dist
         options = dist.ProcessGroupNCCL.Options()

@@ -45,9 +45,11 @@ class Platform:
     def visible_devices_env(self) -> Optional[str]:
         return None
 
-    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
+                          host: Optional[str] = None):
         """A process group of its own (outside the default one) on this platform's
-        collective backend, for point-to-point KV transfer between instances."""
+        collective backend, for point-to-point KV transfer between instances; `host`: the
+        address this end listens on, where the backend lets it be chosen (kv_ip)."""
         raise NotImplementedError
 
     # ---- decode graphs (vllm/worker/graph_runner.py) ------------------------------------

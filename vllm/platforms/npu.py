@@ -52,7 +52,8 @@ class NpuPlatform(Platform):
     def visible_devices_env(self) -> Optional[str]:
         return VISIBLE_DEVICES_ENV
 
-    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta):
+    def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
+                          host: Optional[str] = None):
         # torch_npu documents torch.distributed.ProcessGroupHCCL(store, rank, size, timeout)
         # (Ascend/pytorch docs, "(beta) torch.distributed.ProcessGroupHCCL").
         import torch.distributed as dist

@@ -8,6 +8,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from vllm.distributed.kv_transfer.messages import ControlMessage
+from vllm.distributed.network import refuse_wildcard
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -133,6 +134,7 @@ class ControlEndpoint(ControlSender):
     """An engine core's inbox (bound on host:port) plus its outboxes."""
 
     def __init__(self, host: str, port: int):
+        refuse_wildcard(host)
         super().__init__()
         self.address = f"{host}:{port}"
         self.inbox = self.context.socket(zmq.PULL)

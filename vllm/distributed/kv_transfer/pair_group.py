@@ -2,10 +2,11 @@
 consumer instance's TCP store, on the platform's collective backend."""
 import threading
 from datetime import timedelta
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch.distributed as dist
 
+from vllm.distributed.network import serve_tcp_store
 from vllm.platforms import current_platform
 
 PRODUCER, CONSUMER = 0, 1
@@ -25,8 +26,7 @@ class PairKey(NamedTuple):
 
 def host_store(address: str, timeout: timedelta) -> dist.TCPStore:
     host, port = split_address(address)
-    return dist.TCPStore(host, port, None, is_master=True, timeout=timeout,
-                         wait_for_workers=False)
+    return serve_tcp_store(host, port, timeout)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -37,8 +37,9 @@ def split_address(address: str) -> tuple[str, int]:
 class PairGroups:
     """Joins and caches the pair groups of one rank; joining blocks until the peer joins."""
 
-    def __init__(self, timeouts: dict[int, timedelta]):
+    def __init__(self, timeouts: dict[int, timedelta], host: Optional[str] = None):
         self.timeouts = timeouts  # by role: how long an operation may wait for the peer
+        self.host = host  # where this rank's end of each group listens (kv_ip)
         self._stores: dict[str, dist.Store] = {}
         self._groups: dict[PairKey, object] = {}
         self._lock = threading.Lock()
@@ -49,7 +50,8 @@ class PairGroups:
         if group is not None:
             return group
         store = dist.PrefixStore(key.prefix(), self._store(store_address, self.timeouts[role]))
-        group = current_platform.create_pair_group(store, role, 2, self.timeouts[role])
+        group = current_platform.create_pair_group(store, role, 2, self.timeouts[role],
+                                                   host=self.host)
         with self._lock:
             self._groups[key] = group
         return group

@@ -29,8 +29,10 @@ def add_cli_args(subparsers) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; ServeArgumentError (a ValueError) on bad flags."""
+    from vllm.distributed.network import remember_serve_host
     from vllm.entrypoints.openai.api_server import bind_socket
 
+    remember_serve_host(args.host)  # internal sockets bind there too (or VLLM_HOST_IP)
     engine_args = engine_args_from_cli(args)
     try:
         sock = bind_socket(args.host, args.port)

@@ -64,7 +64,7 @@ class PushConnectorWorker(KVConnectorWorker):
         # for traffic as long as the pair lives (an idle pair must not time out).
         timeout_s = float(config.extra("kv_transfer_timeout_s", DEFAULT_TRANSFER_TIMEOUT_S))
         self.groups = PairGroups({PRODUCER: timedelta(seconds=timeout_s),
-                                  CONSUMER: RECEIVER_TIMEOUT})
+                                  CONSUMER: RECEIVER_TIMEOUT}, config.kv_ip)
         self.engine_address = f"{config.kv_ip}:{config.kv_port}"
         self.control = ControlSender()
         self.nonce = ""
