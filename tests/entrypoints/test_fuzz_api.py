@@ -62,10 +62,34 @@ GET_ROUTES = ["/health", "/metrics", "/version", "/v1/models", "/openapi.json", 
               "/v1/kv_transfer/info"]
 URL_CHARS = string.ascii_letters + string.digits + "/._-%~"
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)  # lone surrogates too
+# Values that broke servers before: past 64 bits, lone surrogates, denormals, the vocab's edge.
+EDGE_VALUES = st.sampled_from([2**64, 2**63, -(2**63) - 1, 10**30, -1, 0, 1, 49151, 49152,
+                               10**9, "\ud800", "a\udfffb", "", 5e-324, 1e-300, 1e308,
+                               -1e308, True, None, [], {}, [[]], {"": None}])
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT | EDGE_VALUES,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
     max_leaves=12)
+VOCAB_SIZE = 49152
+TOKEN_IDS = st.integers(0, VOCAB_SIZE - 1)
+TINY_TO_HUGE = st.floats(5e-324, 1e300) | st.sampled_from([5e-324, 1e-45, 1e-300, 1e300])
+# Every value the sampling fields' documented ranges admit, edges included.
+VALID_SAMPLING = st.fixed_dictionaries({}, optional={
+    "temperature": st.just(0.0) | TINY_TO_HUGE,
+    "top_p": st.floats(5e-324, 1.0) | st.sampled_from([5e-324, 1e-300, 1.0]),
+    "top_k": st.just(-1) | st.integers(1, VOCAB_SIZE + 100),
+    "min_p": st.floats(0.0, 1.0) | st.sampled_from([0.0, 5e-324, 1.0]),
+    "repetition_penalty": TINY_TO_HUGE,
+    "presence_penalty": st.floats(-2.0, 2.0),
+    "frequency_penalty": st.floats(-2.0, 2.0),
+    "logit_bias": st.dictionaries(TOKEN_IDS.map(str), st.floats(-100.0, 100.0), max_size=8),
+    "seed": st.integers(-(2**63), 2**63 - 4),
+    "n": st.integers(1, 4),
+    "min_tokens": st.integers(0, 2),
+    "logprobs": st.integers(0, 20),
+    "stop_token_ids": st.lists(TOKEN_IDS, max_size=3),
+})
+PROMPTS = st.text(min_size=1, max_size=40) | st.lists(TOKEN_IDS, min_size=1, max_size=20)
 
 
 def check_answer(response: requests.Response) -> None:
@@ -97,14 +121,32 @@ def test_schema_valid_bodies(server, session, openapi, path):
 @pytest.mark.parametrize("path", POST_ROUTES)
 def test_schema_bodies_with_one_field_replaced(server, session, openapi, path):
     @examples(100)
-    @given(body=from_schema(body_schema(openapi, path)), key=st.text(max_size=20),
+    @given(body=from_schema(body_schema(openapi, path)), index=st.integers(0, 63),
            value=JSON_VALUES)
-    def run(body, key, value):
+    def run(body, index, value):
         if isinstance(body, dict) and body:
-            key = sorted(body)[len(key) % len(body)] if key else key
-            body = {**body, key: value}
+            body = {**body, sorted(body)[index % len(body)]: value}
         send(server, session, path, json.dumps(body).encode())
     run()
+
+
+@examples(150)
+@given(prompt=PROMPTS, fields=VALID_SAMPLING, max_tokens=st.integers(2, 4))
+def test_every_valid_sampling_value_samples(server, session, prompt, fields, max_tokens):
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, **fields}
+    response = session.post(server.url_for("/v1/completions"), json=body, headers=AUTH,
+                            timeout=300)
+    check_answer(response)
+    if response.status_code == 400:  # only the prompt may be refused (it can tokenize long)
+        assert "context length" in response.json()["error"]["message"], response.text
+        return
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert len(choices) == fields.get("n", 1)
+    for choice in choices:
+        if "logprobs" in fields:  # stop_token_ids may end a choice early
+            num_tokens = len(choice["logprobs"]["tokens"])
+            assert num_tokens == max_tokens or choice["finish_reason"] == "stop"
 
 
 @pytest.mark.parametrize("path", POST_ROUTES)
