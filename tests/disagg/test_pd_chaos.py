@@ -51,4 +51,6 @@ def test_prefill_kill_completes_every_request(tmp_path):
     result = _run("prefill-kill", tmp_path)
     counts = result["counts"]
     assert result["kill_happened"] and counts["completed"] == 24, counts
+    # The decoder recomputes at once when its producer dies (no kv_wait_timeout_s wait).
+    assert (result["max_extra_latency_recomputed_s"] or 0) <= 10, result
     _assert_no_leak(result)
