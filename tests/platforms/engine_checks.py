@@ -51,19 +51,27 @@ def top2_gap(entry) -> float:
 
 
 def assert_same_greedy(got: list[list[int]], want: list[list[int]], want_logprobs,
-                       min_exact: float = 0.5) -> None:
-    exact = 0
+                       min_compared: float = 0.5) -> None:
+    """The near-tie rule: each prompt's tokens equal the reference's up to its first split,
+    which must fall where the reference's top two tokens are within NEAR_TIE_NATS. So that
+    the rule is not met vacuously, at least `min_compared` of all tokens must lie before a
+    split. (Counting prompts that match in full instead depends on the CPU: bfloat16
+    products differ between AVX-512-BF16 and other machines, and a random tiny model has
+    many near-ties.)"""
+    compared = total = 0
     for i, (have, expect, entries) in enumerate(zip(got, want, want_logprobs)):
         assert len(have) == len(expect), f"prompt {i}: {len(have)} vs {len(expect)} tokens"
         split = next((t for t, (a, b) in enumerate(zip(have, expect)) if a != b), None)
+        total += len(expect)
+        compared += len(expect) if split is None else split + 1
         if split is None:
-            exact += 1
             continue
         gap = top2_gap(entries[split])
         assert gap < NEAR_TIE_NATS, (f"prompt {i} differs at token {split} where the "
                                      f"reference is sure (top-2 gap {gap:.3f}): {have} vs "
                                      f"{expect}")
-    assert exact >= min_exact * len(want), f"only {exact} of {len(want)} prompts match exactly"
+    assert compared >= min_compared * total, (f"only {compared} of {total} tokens lie before "
+                                              "a near-tie split")
 
 
 def run_1p1d(pd, prompts) -> tuple[list[str], Collected]:
