@@ -500,8 +500,8 @@ build_proxy_cmd() {
     CMD+=(--host "$HOST" --port "$PROXY_PORT"
         --prefiller-hosts "${phosts[@]}" --prefiller-ports "${pports[@]}"
         --decoder-hosts "${dhosts[@]}" --decoder-ports "${dports[@]}")
-    # Its own --api-key comes from VLLM_API_KEY, as the instances' do (see "start").
-    [[ -z "$API_KEY" ]] || CMD+=(--instance-api-key "$API_KEY")
+    # Its --api-key comes from VLLM_API_KEY, as the instances' do (see "start"), and is
+    # what it sends them too: no key on a command line.
 }
 
 # Prints LABEL: CMD... with each word quoted only when the shell would need it (an API

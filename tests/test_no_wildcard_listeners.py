@@ -72,6 +72,8 @@ def complete(url: str, model: str) -> None:
     (None, "0.0.0.0", "10.1.2.3", "10.1.2.3"),
     ("10.9.9.9", "10.0.0.7", "10.1.2.3", "10.9.9.9"),
     ("0.0.0.0", None, None, "127.0.0.1"),
+    (None, None, "0", "127.0.0.1"),  # resolves to 0.0.0.0
+    (None, None, "0::0", "127.0.0.1"),
 ])
 def test_internal_host_rule(monkeypatch, host_ip, configured, serve_host, expected):
     for name, value in ((HOST_IP_ENV, host_ip), (SERVE_HOST_ENV, serve_host)):
@@ -80,6 +82,15 @@ def test_internal_host_rule(monkeypatch, host_ip, configured, serve_host, expect
         else:
             monkeypatch.setenv(name, value)
     assert internal_host(configured) == expected
+
+
+@pytest.mark.parametrize("kv_ip", ["0.0.0.0", "::", "0"])
+def test_a_wildcard_kv_ip_is_refused(kv_ip):
+    from vllm.config import ConfigError
+    from vllm.distributed.kv_transfer.config import KVTransferConfig
+    with pytest.raises(ConfigError, match="every interface"):
+        KVTransferConfig.from_dict({"kv_connector": "PushConnector",
+                                    "kv_role": "kv_consumer", "kv_ip": kv_ip})
 
 
 def test_serve_host_is_for_single_host_deployments_only(monkeypatch):

@@ -13,6 +13,7 @@ MAX_LOGPROBS = 20
 _MAX_PENALTY = 2.0
 _MAX_LOGIT_BIAS = 100.0
 MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_STOP_ENTRIES = 1024  # stop strings, stop_token_ids: each is checked every step
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty",
                  "frequency_penalty", "repetition_penalty")
@@ -202,6 +203,11 @@ class SamplingParams:
             )
 
     def _verify_stops(self) -> None:
+        for name in ("stop", "stop_token_ids"):
+            count = len(_as_list(getattr(self, name)))
+            if count > MAX_STOP_ENTRIES:
+                raise ValueError(f"{name} may hold at most {MAX_STOP_ENTRIES} entries, got "
+                                 f"{count}.")
         for name in ("ignore_eos", "include_stop_str_in_output", "detokenize"):
             _require_bool(name, getattr(self, name))
         if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):

@@ -103,7 +103,8 @@ def test_api_key_flag_and_vllm_api_key_env(monkeypatch):
     config = config_from_args(build_parser().parse_args([]))
     assert config.api_key is None and config.instance_api_key is None
     monkeypatch.setenv("VLLM_API_KEY", "from-env")
-    assert config_from_args(build_parser().parse_args([])).api_key == "from-env"
+    config = config_from_args(build_parser().parse_args([]))
+    assert (config.api_key, config.instance_api_key) == ("from-env", "from-env")
     config = config_from_args(build_parser().parse_args(
         ["--api-key", "flag", "--instance-api-key", "inner"]))
     assert (config.api_key, config.instance_api_key) == ("flag", "inner")

@@ -129,6 +129,16 @@ class RemoteServer:
         os.unlink(self.log.name)
 
 
+@contextlib.contextmanager
+def running_server(args: list[str], env: Optional[dict] = None):
+    """A ready `vllm serve` for the block; everything it started is stopped after."""
+    remote = RemoteServer(args, env)
+    try:
+        yield remote.wait_ready()
+    finally:
+        remote.close()
+
+
 def _is_running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

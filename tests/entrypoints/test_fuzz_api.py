@@ -1,6 +1,8 @@
-"""Property-based fuzzing of `vllm serve`: bodies generated from the server's own OpenAPI
-schemas (valid and not), arbitrary JSON and raw bytes, against every route. No case may get a
-5xx, every error must be an OpenAI error body, and the engine must serve after each case."""
+"""Hypothesis fuzzing of every `vllm serve` route: no 5xx, OpenAI error bodies, a live engine.
+
+Bodies come from the server's own OpenAPI schemas (valid, and with one field replaced by
+arbitrary JSON or edge values), from every documented sampling range, and from arbitrary
+JSON and bytes."""
 import collections
 import json
 import string
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from remote_server import RemoteServer, wait_until_idle
+from remote_server import running_server, wait_until_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
@@ -32,11 +34,8 @@ OUTCOMES: collections.Counter = collections.Counter()
 
 @pytest.fixture(scope="module")
 def server():
-    remote = RemoteServer(SERVER_ARGS)
-    try:
-        yield remote.wait_ready()
-    finally:
-        remote.close()
+    with running_server(SERVER_ARGS) as remote:
+        yield remote
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +52,9 @@ def openapi(server, session):
 
 
 def body_schema(openapi: dict, path: str) -> dict:
+    """The route's body schema, with the document's components its references point at."""
     content = openapi["paths"][path]["post"]["requestBody"]["content"]
-    return content["application/json"]["schema"]
+    return {**content["application/json"]["schema"], "components": openapi["components"]}
 
 
 POST_ROUTES = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]

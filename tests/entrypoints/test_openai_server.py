@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from remote_server import RemoteServer, read_metrics, wait_until_idle
+from remote_server import read_metrics, running_server, wait_until_idle
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,8 @@ GREEDY = {"temperature": 0.0}
 
 @pytest.fixture(scope="module")
 def server():
-    remote = RemoteServer(SERVER_ARGS)
-    try:
-        yield remote.wait_ready()
-    finally:
-        remote.close()
+    with running_server(SERVER_ARGS) as remote:
+        yield remote
 
 
 @pytest.fixture(scope="module")

@@ -80,11 +80,10 @@ class KVCacheManager:
         self.block_pool.free_blocks(reversed(blocks))
 
     def uncache_blocks(self, request_id: str) -> None:
-        """Drop from the prefix cache the blocks only this request holds (their KV may be
-        incomplete); blocks shared with others were computed before and stay."""
+        """Drop this request's blocks from the prefix cache (their KV may be incomplete);
+        a request sharing one keeps using it, only later prefix hits on it are lost."""
         for block in self.req_to_blocks.get(request_id, []):
-            if block.ref_cnt == 1:
-                self.block_pool.uncache(block)
+            self.block_pool.uncache(block)
         self.num_cached_blocks.pop(request_id, None)
 
     def get_block_ids(self, request_id: str) -> list[int]:

@@ -39,7 +39,8 @@ def add_proxy_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "/health and /metrics [env VLLM_API_KEY]")
     parser.add_argument("--instance-api-key", default=None, metavar="KEY",
                         help="the key sent to the prefill and decode instances (their "
-                             "--api-key) in place of the client's Authorization header")
+                             "--api-key) in place of the client's Authorization header "
+                             "[the proxy's --api-key]")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser
 
@@ -86,7 +87,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         prefill_urls=pair_endpoints("prefiller", args.prefiller_hosts, args.prefiller_ports),
         decode_urls=pair_endpoints("decoder", args.decoder_hosts, args.decoder_ports),
         health_interval_s=args.health_interval_s, request_timeout_s=args.request_timeout_s,
-        api_key=args.api_key or None, instance_api_key=args.instance_api_key or None)
+        api_key=args.api_key or None,
+        instance_api_key=args.instance_api_key or args.api_key or None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ def internal_host(configured: Optional[str] = None, fallback: str = LOOPBACK,
     if single_host:
         candidates.append(os.environ.get(SERVE_HOST_ENV))
     for host in candidates:
-        if not is_wildcard(host):
+        if not resolves_to_wildcard(host):
             return numeric_address(host.strip().strip("[]"))
     return fallback
 
@@ -40,7 +40,16 @@ def numeric_address(host: str) -> str:
 
 
 def is_wildcard(host: Optional[str]) -> bool:
-    return host is None or host.strip().strip("[]") in WILDCARDS
+    if host is None or host.strip().strip("[]") in WILDCARDS:
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip().strip("[]")).is_unspecified
+    return False
+
+
+def resolves_to_wildcard(host: Optional[str]) -> bool:
+    """A wildcard, or a name for one ("0" resolves to 0.0.0.0)."""
+    return is_wildcard(host) or is_wildcard(numeric_address(host.strip().strip("[]")))
 
 
 def refuse_wildcard(host: str) -> None:

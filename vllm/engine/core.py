@@ -12,9 +12,13 @@ from vllm.logger import init_logger
 logger = init_logger(__name__)
 
 
+MAX_FAILED_STEPS_IN_A_ROW = 3  # then the engine itself is broken: fail it loudly
+
+
 class EngineCore:
 
-    def __init__(self, vllm_config: VllmConfig, executor_cls=None):
+    def __init__(self, vllm_config: VllmConfig, executor_cls=None,
+                 isolate_step_errors: bool = False):
         start = time.perf_counter()
         if executor_cls is None:
             from vllm.executor.factory import executor_class
@@ -31,9 +35,11 @@ class EngineCore:
         from vllm.distributed.kv_transfer.factory import create_scheduler_connector
         self.connector = create_scheduler_connector(vllm_config)
         self.scheduler = Scheduler(vllm_config, self.kv_cache_manager, self.connector)
-        # Serving sets this where the executor allows it: one bad step must not end the engine.
-        self.isolate_step_errors = False
-        self.errored: dict[str, str] = {}  # request id -> why its step failed (reported once)
+        # Serving asks for it; only an executor whose ranks share one process can give it.
+        self.isolate_step_errors = isolate_step_errors and getattr(
+            self.executor, "survives_step_errors", False)
+        self._failed_steps_in_a_row = 0
+        self.errored: dict[str, str] = {}  # request id -> why it failed inside the core
         logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                     time.perf_counter() - start, num_blocks, cache_config.block_size)
 
@@ -98,16 +104,18 @@ class EngineCore:
         scheduler_output = self.scheduler.schedule()
         try:
             runner_output = self.executor.execute_model(scheduler_output)
-            return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
         except Exception as error:
-            if not self.isolate_step_errors:
+            self._failed_steps_in_a_row += 1
+            if (not self.isolate_step_errors
+                    or self._failed_steps_in_a_row >= MAX_FAILED_STEPS_IN_A_ROW):
                 raise
             logger.exception("a step failed; its requests fail, the engine goes on")
             return outputs + self._fail_step(scheduler_output, error)
+        self._failed_steps_in_a_row = 0
+        return outputs + self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def _fail_step(self, scheduler_output, error: Exception) -> list[EngineCoreOutput]:
-        """Fail the requests of a step that raised; the KV it may have half written leaves
-        the prefix cache with them."""
+        # The step may have half written any block of its requests, shared ones too.
         reason = f"the engine step computing this request failed: {type(error).__name__}: {error}"
         request_ids = [r for r in scheduler_output.num_scheduled_tokens
                        if r in self.scheduler.requests]

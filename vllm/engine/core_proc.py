@@ -119,9 +119,7 @@ class EngineCoreProc:
 
     def start_engine(self, vllm_config, executor_cls=None) -> None:
         from vllm.engine.core import EngineCore
-        self.engine_core = EngineCore(vllm_config, executor_cls)
-        self.engine_core.isolate_step_errors = getattr(self.engine_core.executor,
-                                                       "survives_step_errors", False)
+        self.engine_core = EngineCore(vllm_config, executor_cls, isolate_step_errors=True)
         register = getattr(self.engine_core.executor, "register_failure_callback", None)
         if register is not None:  # multi-rank executors watch their workers
             register(self._on_rank_failure)
@@ -201,9 +199,9 @@ class EngineCoreProc:
             self.engine_core.add_request(request)
         except ValueError as error:
             rejected[message.request_id] = str(error)
-        except Exception as error:  # one request's fault must never end the busy loop
-            logger.exception("engine core refused request %s", message.request_id)
-            rejected[message.request_id] = f"{type(error).__name__}: {error}"
+        except Exception as error:  # a bug, not the client's fault; it must not end the loop
+            logger.exception("engine core failed to add request %s", message.request_id)
+            self.engine_core.errored[message.request_id] = f"{type(error).__name__}: {error}"
 
     def _free_blocks_changed(self) -> bool:
         """Blocks can come back with no step (a KV consumer's ack, a lease running out)."""

@@ -99,8 +99,8 @@ def check_params_in_vocab(params: SamplingParams, vocab_size: int) -> None:
     """What the sampler would trip over at step time must be refused at admission."""
     outside = [t for t in (params.logit_bias or {}) if t >= vocab_size]
     if outside:
-        raise InvalidRequestError(f"logit_bias token id {outside[0]} is outside the "
-                                  f"vocabulary (size {vocab_size})")
+        raise InvalidRequestError(f"logit_bias is outside the vocabulary: token id "
+                                  f"{outside[0]} (size {vocab_size})")
 
 
 def check_request_fits_model(request: Request, vocab_size: int) -> None:

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vllm.config import ConfigError
-from vllm.distributed.network import internal_host
+from vllm.distributed.network import internal_host, resolves_to_wildcard
 
 KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
 KV_LOAD_FAILURE_POLICIES = ("recompute", "fail")
@@ -50,6 +50,10 @@ class KVTransferConfig:
                               f"(one of {', '.join(KV_ROLES)})")
         config = cls(**{k: v for k, v in values.items() if v is not None})
         config.kv_port = _port("kv_port", config.kv_port)
+        if config.kv_ip is not None and resolves_to_wildcard(str(config.kv_ip)):
+            raise ConfigError(f"--kv-transfer-config: kv_ip {config.kv_ip!r} would listen on "
+                              "every interface and cannot be told to peers; give this "
+                              "host's address")
         config.kv_ip = internal_host(config.kv_ip)  # bound and told to peers alike
         config.engine_id = str(config.engine_id)
         config.validate()

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server: FastAPI routes on uvicorn, the engine core in a child
 process. Start-up binds the port first (a taken port fails at once), then starts the engine."""
 import argparse
+import asyncio
 import hmac
 import signal
 import socket
@@ -48,8 +49,7 @@ def request_limits(state: ServerState) -> RequestLimits:
     return RequestLimits(
         max_body_bytes=state.max_request_body_bytes, max_n=state.max_n,
         max_prompt_bytes=max_prompt_bytes(model_config.max_model_len,
-                                          state.engine.get_tokenizer()),
-        vocab_size=model_config.vocab_size)
+                                          state.engine.get_tokenizer()))
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -72,24 +72,34 @@ def build_app(state: ServerState) -> FastAPI:
     async def body(raw_request: Request) -> bytes:
         return await read_body(raw_request, limits.max_body_bytes)
 
+    async def parsed(raw_request: Request, model_cls):
+        """Decoding and checking a large body takes a while: off the event loop."""
+        return await asyncio.to_thread(parse_body, await body(raw_request), model_cls)
+
     @app.post("/v1/completions", openapi_extra=request_schema(CompletionRequest))
     async def create_completion(raw_request: Request):
-        request = parse_body(await body(raw_request), CompletionRequest)
+        request = await parsed(raw_request, CompletionRequest)
         return await completion.create_completion(request, raw_request)
 
     @app.post("/v1/chat/completions", openapi_extra=request_schema(ChatCompletionRequest))
     async def create_chat_completion(raw_request: Request):
-        request = parse_body(await body(raw_request), ChatCompletionRequest)
+        request = await parsed(raw_request, ChatCompletionRequest)
         return await chat.create_chat_completion(request, raw_request)
 
     @app.post("/tokenize", openapi_extra=request_schema(TokenizeCompletionRequest,
                                                          TokenizeChatRequest))
     async def tokenize(raw_request: Request):
-        return tokenization.tokenize(await body(raw_request)).model_dump()
+        raw = await body(raw_request)
+        return (await asyncio.to_thread(tokenization.tokenize, raw)).model_dump()
 
     @app.post("/detokenize", openapi_extra=request_schema(DetokenizeRequest))
     async def detokenize(raw_request: Request):
-        return tokenization.detokenize(await body(raw_request)).model_dump()
+        raw = await body(raw_request)
+        return (await asyncio.to_thread(tokenization.detokenize, raw)).model_dump()
+
+    install_body_schemas(app, [CompletionRequest, ChatCompletionRequest,
+                               TokenizeCompletionRequest, TokenizeChatRequest,
+                               DetokenizeRequest])
 
     _add_info_routes(app, state)
     return app
@@ -127,17 +137,33 @@ def _add_info_routes(app: FastAPI, state: ServerState) -> None:
         return info
 
 
+SCHEMA_REF = "#/components/schemas/{model}"
+
+
 def request_schema(*models) -> dict:
-    """The OpenAPI description of a route's JSON body (the routes read it themselves)."""
-    schemas = [model.model_json_schema() for model in models]
-    definitions = {}
-    for one in schemas:
-        definitions.update(one.pop("$defs", {}))
-    schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
-    if definitions:
-        schema["$defs"] = definitions  # refs point at the root's $defs
+    """The OpenAPI entry of a route's JSON body (the routes read the body themselves)."""
+    refs = [{"$ref": SCHEMA_REF.format(model=model.__name__)} for model in models]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": schema}}}}
+
+
+def install_body_schemas(app: FastAPI, models) -> None:
+    """Put the body models (and the models they use) in the document's components, where
+    request_schema's references point."""
+    make_document = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = make_document()
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template=SCHEMA_REF)
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def kv_transfer_info_of(vllm_config) -> Optional[dict]:
@@ -210,8 +236,9 @@ async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket)
     try:
         engine = await AsyncLLM.from_vllm_config(
             vllm_config, log_requests=not args.disable_log_requests, stat_logger=metrics)
-        app = build_app(ServerState(engine, names, metrics, args.api_key, args.max_n,
-                                    args.max_request_body_bytes))
+        app = build_app(ServerState(engine, names, metrics, api_key=args.api_key,
+                                    max_n=args.max_n,
+                                    max_request_body_bytes=args.max_request_body_bytes))
         config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         logger.info("serving %s on http://%s:%d", ", ".join(names), args.host, args.port)

@@ -1,5 +1,4 @@
-"""Request bodies from raw bytes: a bounded size, well-formed and bounded JSON, then the
-pydantic model, each failure a 4xx naming what is wrong."""
+"""Request bodies from raw bytes: bounded size, bounded JSON, then the pydantic model."""
 import json
 import re
 from http import HTTPStatus
@@ -42,6 +41,49 @@ async def read_body(raw_request: Request, limit: int) -> bytes:
 def check_json_tree(data: Any) -> None:
     """Refuse nesting deeper than MAX_JSON_DEPTH, strings that are not valid Unicode (a lone
     surrogate) and integers outside 64 bits, wherever they are in the body."""
+    if _has_problem(data):
+        _explain_problem(data)
+
+
+def _has_problem(data: Any) -> bool:
+    """The fast walk: no paths kept; a list of plain ints (token ids) is checked by its
+    extremes."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is list or kind is dict:
+            if depth > MAX_JSON_DEPTH:
+                return True
+            if kind is dict:
+                if not all(_is_valid_text(key) for key in value):
+                    return True
+                value = value.values()
+            elif value and all(type(item) is int for item in value):
+                if min(value) < INT64_MIN or max(value) > INT64_MAX:
+                    return True
+                continue
+            stack.extend((item, depth + 1) for item in value)
+        elif kind is str:
+            if not _is_valid_text(value):
+                return True
+        elif kind is int and not INT64_MIN <= value <= INT64_MAX:
+            return True
+    return False
+
+
+def _is_valid_text(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _explain_problem(data: Any) -> None:
+    """The slow walk, with paths, for the message."""
     stack: list[tuple[Any, int, str]] = [(data, 1, "")]
     while stack:
         value, depth, path = stack.pop()

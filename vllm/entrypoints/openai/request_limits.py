@@ -4,10 +4,9 @@ from typing import Optional
 
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.request_body import DEFAULT_MAX_REQUEST_BODY_BYTES
-from vllm.sampling_params import MAX_LOGIT_BIAS_ENTRIES
 
 DEFAULT_MAX_N = 128
-MAX_PROMPTS_PER_REQUEST = 1024
+MAX_SEQUENCES_PER_REQUEST = 1024  # prompts x n: what one request may put in the engine
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,6 @@ class RequestLimits:
     max_n: int = DEFAULT_MAX_N
     # A text longer than this cannot fit in max_model_len tokens, so is refused untokenized.
     max_prompt_bytes: Optional[int] = None
-    vocab_size: Optional[int] = None
 
 
 def longest_token_bytes(tokenizer) -> int:
@@ -32,30 +30,14 @@ def max_prompt_bytes(max_model_len: int, tokenizer) -> int:
 
 
 def check_sampling_fields(request, limits: RequestLimits, num_prompts: int = 1) -> None:
-    """n within --max-n; logit_bias within the vocabulary and a sane size."""
+    """n within --max-n, and prompts x n within MAX_SEQUENCES_PER_REQUEST."""
     n = request.n if request.n is not None else 1
     if n > limits.max_n:
         raise OpenAIError(f"n must be at most {limits.max_n} (--max-n), got {n}", param="n")
-    if num_prompts > MAX_PROMPTS_PER_REQUEST:
-        raise OpenAIError(f"'prompt' may hold at most {MAX_PROMPTS_PER_REQUEST} prompts, "
-                          f"got {num_prompts}", param="prompt")
-    _check_logit_bias(request.logit_bias, limits.vocab_size)
-
-
-def _check_logit_bias(logit_bias: Optional[dict], vocab_size: Optional[int]) -> None:
-    if not logit_bias:
-        return
-    if len(logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
-        raise OpenAIError(f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, got "
-                          f"{len(logit_bias)}", param="logit_bias")
-    for key in logit_bias:
-        token_id = int(key) if key.isascii() and key.isdigit() else None
-        if token_id is None:
-            raise OpenAIError(f"logit_bias keys must be token ids, got {key!r}",
-                              param="logit_bias")
-        if vocab_size is not None and token_id >= vocab_size:
-            raise OpenAIError(f"logit_bias token id {token_id} is outside the vocabulary "
-                              f"(size {vocab_size})", param="logit_bias")
+    if n * num_prompts > MAX_SEQUENCES_PER_REQUEST:
+        raise OpenAIError(f"a request may ask for at most {MAX_SEQUENCES_PER_REQUEST} "
+                          f"sequences (prompts x n), got {num_prompts} x {n}",
+                          param="n" if n > 1 else "prompt")
 
 
 def check_prompt_text(text: str, limits: RequestLimits, param: str) -> None:

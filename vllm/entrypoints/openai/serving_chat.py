@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: render the tokenizer's chat template, then generate."""
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
@@ -51,8 +52,9 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens = request.max_tokens
         self.check_limits(request)
         params = build_sampling_params(request, max_tokens, num_logprobs)
-        text, token_ids = self.render_chat(request.messages, request.add_generation_prompt,
-                                           request.chat_template_kwargs)
+        text, token_ids = await asyncio.to_thread(
+            self.render_chat, request.messages, request.add_generation_prompt,
+            request.chat_template_kwargs)
         self.check_length(len(token_ids), max_tokens)
         request_id = request_id_for(raw_request, "chatcmpl")
         outputs = self.engine.generate({"prompt": text, "prompt_token_ids": token_ids}, params,

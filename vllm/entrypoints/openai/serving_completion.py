@@ -1,4 +1,5 @@
 """POST /v1/completions: one engine request per prompt, n choices each, streamed or not."""
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
@@ -16,10 +17,11 @@ from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
 from vllm.outputs import CompletionOutput, RequestOutput
 
 
-def _num_prompts(prompt) -> int:
+def _prompt_list(prompt) -> list:
+    """One prompt (a string or token ids) or a batch of them, as a batch."""
     if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
-        return 1
-    return len(prompt)
+        return [prompt]
+    return prompt
 
 
 @dataclass
@@ -48,12 +50,11 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.echo and request.logprobs is not None:
             raise OpenAIError("echo with logprobs needs prompt logprobs, which are not "
                               "supported yet", param="echo")
-        self.check_limits(request, _num_prompts(request.prompt))
+        self.check_limits(request, len(_prompt_list(request.prompt)))
         params = build_sampling_params(request, request.max_tokens, request.logprobs,
                                        request.best_of)
-        prompts = self._tokenize_prompts(request.prompt)
-        for _, token_ids in prompts:
-            self.check_length(len(token_ids), request.max_tokens)
+        prompts = await asyncio.to_thread(self._tokenize_prompts, request.prompt,
+                                          request.max_tokens)
         request_id = request_id_for(raw_request, "cmpl")
         request_ids, generators = self._start(request, request_id, prompts, params)
         results = [_PromptResult(self._prompt_text(text, ids), len(ids)) for text, ids in prompts]
@@ -80,21 +81,25 @@ class OpenAIServingCompletion(OpenAIServing):
             raise
         return request_ids, generators
 
-    def _tokenize_prompts(self, prompt) -> list[tuple[Optional[str], list[int]]]:
+    def _tokenize_prompts(self, prompt, max_tokens: Optional[int]
+                          ) -> list[tuple[Optional[str], list[int]]]:
+        """Each prompt's text and token ids; the first that cannot fit stops the work (run
+        off the event loop: a batch of long prompts takes a while)."""
         if isinstance(prompt, list) and not prompt:
             raise OpenAIError("'prompt' must not be an empty list", param="prompt")
-        if isinstance(prompt, str) or isinstance(prompt[0], int):
-            prompt = [prompt]
-        for one in prompt:
+        for one in _prompt_list(prompt):
             if isinstance(one, str):
                 self.check_prompt_text(one)
-        parse = self.engine.processor.parse_prompt
-        try:
-            parsed = [parse(one) for one in prompt]
-        except ValueError as error:
-            raise OpenAIError(str(error), param="prompt") from None
-        if any(not token_ids for _, token_ids in parsed):
-            raise OpenAIError("'prompt' must not be empty", param="prompt")
+        parsed = []
+        for one in _prompt_list(prompt):
+            try:
+                text, token_ids = self.engine.processor.parse_prompt(one)
+            except ValueError as error:
+                raise OpenAIError(str(error), param="prompt") from None
+            if not token_ids:
+                raise OpenAIError("'prompt' must not be empty", param="prompt")
+            self.check_length(len(token_ids), max_tokens)
+            parsed.append((text, token_ids))
         return parsed
 
     def _prompt_text(self, text: Optional[str], token_ids: list[int]) -> str:

@@ -35,7 +35,7 @@ class OpenAIServing:
         self.engine = engine
         self.served_model_names = served_model_names
         self.max_model_len = engine.model_config.max_model_len
-        self.limits = limits or RequestLimits(vocab_size=engine.model_config.vocab_size)
+        self.limits = limits or RequestLimits()
 
     @property
     def tokenizer(self):

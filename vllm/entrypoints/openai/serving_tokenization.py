@@ -1,4 +1,5 @@
 """POST /tokenize and /detokenize (vLLM's shapes: a prompt or chat messages in, token ids out)."""
+from vllm.engine.processor import check_token_ids_in_vocab
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
                                               TokenizeChatRequest, TokenizeCompletionRequest,
@@ -31,9 +32,8 @@ class OpenAIServingTokenization(OpenAIServing):
     def detokenize(self, raw_body: bytes) -> DetokenizeResponse:
         request = validate(parse_json_object(raw_body), DetokenizeRequest)
         self.resolve_model_name(request.model)
-        vocab_size = self.engine.model_config.vocab_size
-        bad = [t for t in request.tokens if not 0 <= t < vocab_size]
-        if bad:
-            raise OpenAIError(f"token id {bad[0]} is out of vocabulary (size {vocab_size})",
-                              param="tokens")
+        try:
+            check_token_ids_in_vocab(request.tokens, self.engine.model_config.vocab_size)
+        except ValueError as error:
+            raise OpenAIError(str(error), param="tokens") from None
         return DetokenizeResponse(prompt=self.tokenizer.decode(request.tokens))
