@@ -15,7 +15,8 @@ from vllm.distributed.network import (HOST_IP_ENV, SERVE_HOST_ENV, internal_host
                                       serve_tcp_store)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "entrypoints"))
-from remote_server import REPO_ROOT, RemoteServer  # noqa: E402
+from remote_server import (REPO_ROOT, RemoteServer, free_port_range,  # noqa: E402
+                           recorded_pids)
 
 HOST = "127.0.0.1"
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "0.25", "OMP_NUM_THREADS": "1"}
@@ -169,34 +170,9 @@ def test_serve_tensor_parallel_listens_on_its_host_only(demo_model_dir):
         remote.close()
 
 
-def _free_base(span: int) -> int:
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            base = probe.getsockname()[1]
-        if base + span < 65000 and all(_is_free(base + i) for i in range(span)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind((HOST, port))
-            return True
-        except OSError:
-            return False
-
-
-def _recorded_pids(pid_file: str) -> list[int]:
-    with open(pid_file) as handle:
-        return [int(line.split()[1]) for line in handle
-                if line.strip() and not line.startswith("#")]
-
-
 @pytest.mark.slow
 def test_pd_pair_and_proxy_listen_on_their_host_only(tmp_path):
-    base = _free_base(40)
+    base = free_port_range(40)
     env = {**os.environ, **ENV, "HOST": HOST, "PROXY_PORT": str(base),
            "PREFILL_BASE_PORT": str(base + 1), "DECODE_BASE_PORT": str(base + 2),
            "KV_BASE_PORT": str(base + 10), "MAX_MODEL_LEN": "512",
@@ -207,7 +183,7 @@ def test_pd_pair_and_proxy_listen_on_their_host_only(tmp_path):
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        pids = _recorded_pids(env["PID_FILE"])
+        pids = recorded_pids(env["PID_FILE"])
         assert len(pids) == 3  # prefill, decode, proxy
         complete(f"http://{HOST}:{base}", "demo")  # the pair groups form on a transfer
         # HTTP x 3, KV control x 2, the consumer's store, a gloo device per pair member.

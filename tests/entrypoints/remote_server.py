@@ -24,6 +24,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_range(span: int) -> int:
+    """A port p such that p .. p + span - 1 look free on 127.0.0.1."""
+    for _ in range(100):
+        base = free_port()
+        if base + span < 65000 and all(_is_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError(f"no {span} consecutive free ports")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def recorded_pids(pid_file: str) -> list[int]:
+    """The PIDs in a pd_example PID file ("name pid" lines)."""
+    with open(pid_file) as handle:
+        return [int(line.split()[1]) for line in handle
+                if line.strip() and not line.startswith("#")]
+
+
 @contextlib.contextmanager
 def occupied_port():
     """A port some other socket is listening on, for as long as the block runs."""

@@ -1,45 +1,21 @@
 """The three pd_example scripts as a user runs them, on the demo model: start 1P1D + proxy,
 check them, stop them; nothing they started is left running."""
 import os
-import socket
 import subprocess
+import sys
 
 import psutil
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "entrypoints"))
+from remote_server import REPO_ROOT as REPO, free_port_range, recorded_pids  # noqa: E402
+
 pytestmark = pytest.mark.slow
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _free_base(span: int = 20) -> int:
-    """A port p such that p .. p + span look free."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + span < 65000 and all(_is_free(base + i) for i in range(span)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _recorded_pids(pid_file: str) -> list[int]:
-    with open(pid_file) as handle:
-        return [int(line.split()[1]) for line in handle if line.strip()
-                and not line.startswith("#")]
 
 
 def test_start_check_stop(tmp_path):
-    base = _free_base(40)
+    base = free_port_range(40)
     env = {**os.environ, "HOST": "127.0.0.1", "PROXY_PORT": str(base),
            "PREFILL_BASE_PORT": str(base + 1), "DECODE_BASE_PORT": str(base + 2),
            "KV_BASE_PORT": str(base + 10), "LOG_DIR": str(tmp_path / "logs"),
@@ -47,7 +23,7 @@ def test_start_check_stop(tmp_path):
     script = os.path.join(REPO, "pd_example")
     started = subprocess.run(["bash", f"{script}/disaggregated_prefill.sh"], env=env,
                              cwd=REPO, capture_output=True, text=True, timeout=900)
-    pids = _recorded_pids(env["PID_FILE"]) if os.path.exists(env["PID_FILE"]) else []
+    pids = recorded_pids(env["PID_FILE"]) if os.path.exists(env["PID_FILE"]) else []
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://127.0.0.1:{base}" in started.stdout

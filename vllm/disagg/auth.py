@@ -5,12 +5,7 @@ from typing import Optional
 from aiohttp import hdrs, web
 
 from vllm.disagg.errors import Handler, invalid_api_key
-
-OPEN_PATHS = frozenset({"/health", "/metrics"})
-
-
-def bearer(api_key: str) -> str:
-    return f"Bearer {api_key}"
+from vllm.entrypoints.api_keys import OPEN_PATHS, bearer
 
 
 def require_api_key(api_key: str):

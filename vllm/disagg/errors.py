@@ -5,6 +5,8 @@ from typing import Awaitable, Callable, Optional, Union
 
 from aiohttp import web
 
+from vllm.entrypoints.api_keys import INVALID_API_KEY_CODE, INVALID_API_KEY_MESSAGE
+
 _TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
           413: "RequestEntityTooLargeError", 500: "InternalServerError",
           502: "BadGatewayError", 503: "ServiceUnavailableError",
@@ -49,8 +51,8 @@ def error_response(status: int, message: str) -> web.Response:
 
 def invalid_api_key() -> ProxyError:
     """The 401 of a request without the proxy's API key (the body `vllm serve` sends)."""
-    return ProxyError(401, "Incorrect or missing API key (expected 'Authorization: Bearer "
-                      "<key>')", "invalid_request_error", "invalid_api_key")
+    return ProxyError(401, INVALID_API_KEY_MESSAGE, "invalid_request_error",
+                      INVALID_API_KEY_CODE)
 
 
 def broken_midway(role: str, url: str, timed_out: bool) -> ProxyError:

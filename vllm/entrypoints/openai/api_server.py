@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from vllm.engine.async_llm import AsyncLLM
+from vllm.entrypoints.api_keys import (INVALID_API_KEY_CODE, INVALID_API_KEY_MESSAGE,
+                                       OPEN_PATHS, bearer)
 from vllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
 from vllm.entrypoints.openai.metrics import ServerMetrics
 from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
@@ -31,7 +33,6 @@ from vllm.version import __version__
 logger = init_logger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 5
-PUBLIC_PATHS = ("/health", "/metrics")  # open under --api-key; every other route needs it
 
 
 @dataclass
@@ -177,22 +178,21 @@ def kv_transfer_info_of(vllm_config) -> Optional[dict]:
 
 
 class ApiKeyMiddleware:
-    """Plain ASGI middleware: every route but PUBLIC_PATHS needs 'Authorization: Bearer
+    """Plain ASGI middleware: every route but OPEN_PATHS needs 'Authorization: Bearer
     <api key>' (vLLM leaves routes outside /v1 open; /tokenize would use the model)."""
 
     def __init__(self, app, api_key: str):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = bearer(api_key).encode()
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["method"] == "OPTIONS"
-                or scope["path"] in PUBLIC_PATHS):
+                or scope["path"] in OPEN_PATHS):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if hmac.compare_digest(given, self.expected):
             return await self.app(scope, receive, send)
-        error = OpenAIError("Incorrect or missing API key (expected 'Authorization: Bearer "
-                            "<key>')", 401, code="invalid_api_key")
+        error = OpenAIError(INVALID_API_KEY_MESSAGE, 401, code=INVALID_API_KEY_CODE)
         await error.to_response()(scope, receive, send)
 
 
