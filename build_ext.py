@@ -1,4 +1,5 @@
-"""C++ extension list for setup.py: the CPU kernels built as ``vllm._C``.
+"""C++ extension list for setup.py: the CPU kernels, built once per instruction set
+as ``vllm._C_<isa>``.
 
 Usage in setup.py::
 
@@ -24,32 +25,84 @@ def cpu_sources() -> list:
     return sorted(os.path.relpath(path, REPO_ROOT) for path in glob.glob(pattern))
 
 
-def compile_flags() -> list:
-    # -march=native: the AVX-512 paths are chosen at compile time, so the build
-    # targets the machine it runs on. VLLM_CPU_MARCH overrides it (e.g. "x86-64-v4").
-    march = os.environ.get("VLLM_CPU_MARCH", "native")
+def isa_sources(isa: str) -> list:
+    """One file per source under build/csrc-<isa>/ that includes it: the variants then
+    compile to object files of their own (setuptools names objects after sources)."""
+    folder = os.path.join("build", f"csrc-{isa}")
+    os.makedirs(os.path.join(REPO_ROOT, folder), exist_ok=True)
+    wrappers = []
+    for source in cpu_sources():
+        wrapper = os.path.join(folder, os.path.basename(source))
+        text = f'#include "{os.path.join(REPO_ROOT, source)}"\n'
+        path = os.path.join(REPO_ROOT, wrapper)
+        if not os.path.exists(path) or open(path).read() != text:
+            with open(path, "w") as handle:
+                handle.write(text)
+        wrappers.append(wrapper)
+    return wrappers
+
+
+# The instruction sets vllm._C is built for, by machine: each becomes its own module,
+# vllm._C_<isa>, registering its ops as torch.ops._C_<isa>.*; vllm/platforms/cpu_isa.py
+# picks one at run time from the CPU's features (VLLM_CPU_ISA forces one). "portable"
+# is the kernels' plain C++ (vectorised by the compiler alone), for CPUs below the rest.
+ISA_FLAGS = {
+    "x86_64": {
+        "avx512": ["-march=x86-64-v4", "-mtune=generic"],
+        "avx2": ["-march=x86-64-v3", "-mtune=generic"],
+        "portable": ["-march=x86-64", "-mtune=generic", "-DVLLM_CPU_PORTABLE"],
+    },
+    "aarch64": {
+        "neon": ["-march=armv8-a"],
+        "portable": ["-march=armv8-a", "-DVLLM_CPU_PORTABLE"],
+    },
+}
+
+
+def machine() -> str:
+    """The target machine: VLLM_CPU_ARCH (for cross builds) or this one's."""
+    import platform
+    name = os.environ.get("VLLM_CPU_ARCH", platform.machine()).lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
+
+
+def isa_variants(arch: str) -> dict:
+    """{isa: its compiler flags} for `arch` (other machines get the portable build only),
+    narrowed to VLLM_CPU_ISAS (comma-separated) when set, for quicker builds while editing."""
+    variants = ISA_FLAGS.get(arch, {"portable": ["-DVLLM_CPU_PORTABLE"]})
+    listed = os.environ.get("VLLM_CPU_ISAS", "").split(",")
+    wanted = [name.strip() for name in listed if name.strip()]
+    unknown = sorted(set(wanted) - set(variants))
+    if unknown:
+        raise SystemExit(f"VLLM_CPU_ISAS: {', '.join(unknown)} not among {', '.join(variants)}")
+    return {isa: flags for isa, flags in variants.items() if not wanted or isa in wanted}
+
+
+def compile_flags(isa_flags: list, isa: str) -> list:
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run
     # on one thread. torch ships libgomp, which the extension then shares.
     # -Wno-(maybe-)uninitialized: silence GCC 12 false positives inside its own
     # AVX-512 intrinsics (_mm512_reduce_add_ps, _mm512_cvtepu8_epi32).
-    return ["-O3", f"-march={march}", "-fopenmp", "-Wno-maybe-uninitialized",
-            "-Wno-uninitialized"]
+    return ["-O3", *isa_flags, f"-DVLLM_CPU_OPS_NAMESPACE=_C_{isa}", "-fopenmp",
+            "-Wno-maybe-uninitialized", "-Wno-uninitialized"]
 
 
 def cpu_extensions() -> list:
-    """CppExtension list for vllm._C, or [] when torch is not importable."""
+    """One CppExtension vllm._C_<isa> per instruction set of this machine's architecture,
+    or [] when torch is not importable."""
     try:
         from torch.utils.cpp_extension import CppExtension
     except ImportError:
         return []
     return [
         CppExtension(
-            name="vllm._C",
-            sources=cpu_sources(),
+            name=f"vllm._C_{isa}",
+            sources=isa_sources(isa),
             include_dirs=[os.path.join(REPO_ROOT, CPU_SOURCE_DIR)],
-            extra_compile_args=compile_flags(),
+            extra_compile_args=compile_flags(flags, isa),
             extra_link_args=["-fopenmp"],
         )
+        for isa, flags in isa_variants(machine()).items()
     ]
 
 

@@ -1,4 +1,4 @@
-"""Packaging: the `vllm` package, its console script and the CPU kernels (vllm._C)."""
+"""Packaging: the `vllm` package, its console script and the CPU kernels (vllm._C_<isa>)."""
 import os
 import sys
 
@@ -26,8 +26,10 @@ def target_requirements() -> list[str]:
 
 
 _target = os.environ.get("VLLM_TARGET_DEVICE", "cpu")
-# CPU: the C++ kernels; NPU: the AscendC KV-copy kernels where CANN is installed (else none).
-ext_modules = {"cpu": cpu_extensions, "npu": ascend_extensions}.get(_target, list)()
+# CPU: the C++ kernels; NPU: those for the host's CPU (aarch64 on 910B hosts) too, and the
+# AscendC KV-copy kernels where CANN is installed.
+ext_modules = {"cpu": cpu_extensions,
+               "npu": lambda: cpu_extensions() + ascend_extensions()}.get(_target, list)()
 cmdclass = {}
 if ext_modules:
     from torch.utils.cpp_extension import BuildExtension

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     model = get_model(folder, get_hf_config(folder), torch.float32, "cpu")
     layers = packed_layers(model)
     if not layers:
-        raise SystemExit(f"no layer of {folder} holds GGUF blocks (is vllm._C built, "
+        raise SystemExit(f"no layer of {folder} holds GGUF blocks (is vllm._C_<isa> built, "
                          "VLLM_CPU_GGUF_KERNELS unset, the model a Q4_1 / Q8_0 GGUF?)")
     weight_bytes = sum(layer.weight.numel() * 4 for layer in layers)
     block_bytes = sum(layer.packed.matrix.blocks.numel() for layer in layers)

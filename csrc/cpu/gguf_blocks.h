@@ -16,9 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "isa.h"
 
 namespace vllm_cpu::gguf {
 
@@ -45,7 +43,7 @@ struct Q4_1 {
     }
   }
 
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   // Weights 0-15 into lo, 16-31 into hi.
   static inline void dequantize(const uint8_t* block, __m512& lo, __m512& hi) {
     const __m512 d = _mm512_set1_ps(half_bits_to_float(block));
@@ -69,7 +67,7 @@ struct Q8_0 {
     for (int j = 0; j < 32; ++j) out[j] = static_cast<float>(q[j]) * d;
   }
 
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   static inline void dequantize(const uint8_t* block, __m512& lo, __m512& hi) {
     const __m512 d = _mm512_set1_ps(half_bits_to_float(block));
     const __m128i q_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));

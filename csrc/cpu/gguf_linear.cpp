@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gguf_blocks.h"
+#include "isa.h"
 #include "ops.h"
 
 namespace {
@@ -25,7 +26,7 @@ struct Problem {
   int64_t m, n, k;
 };
 
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
 
 // out[0:MR, n0:n0+NR] for x rows [m0, m0 + MR).
 template <typename Block, int MR, int NR>

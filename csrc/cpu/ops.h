@@ -1,4 +1,4 @@
-// Declarations of the CPU ops registered in vllm._C (torch.ops._C.*).
+// Declarations of the CPU ops registered by vllm._C_<isa> (torch.ops._C_<isa>.*).
 #pragma once
 
 #include <torch/all.h>

@@ -1,10 +1,25 @@
-// Registers the CPU ops as torch.ops._C.* and makes vllm._C an importable
-// Python module (importing it is what loads the registrations).
+// Registers the CPU ops as torch.ops._C_<isa>.* and makes vllm._C_<isa> an
+// importable Python module (importing it is what loads the registrations).
 #include <torch/extension.h>
 
+#include "isa.h"
 #include "ops.h"
 
-TORCH_LIBRARY_FRAGMENT(_C, ops) {
+namespace {
+
+
+// What this build's code paths are, checked against its name by the tests.
+std::string built_isa() {
+  if (VLLM_CPU_AVX512) return "avx512";
+  if (VLLM_CPU_AVX2) return "avx2";
+  if (VLLM_CPU_NEON) return "neon";
+  return "portable";
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
+  ops.def("built_isa() -> str", &built_isa);
   ops.def(
       "paged_attention_decode(Tensor(a!) out, Tensor query, Tensor key_cache, "
       "Tensor value_cache, Tensor block_table, Tensor seq_lens, float scale) -> ()");
@@ -20,5 +35,5 @@ TORCH_LIBRARY_FRAGMENT(_C, ops) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "vLLM CPU kernels; the ops live in torch.ops._C";
+  module.doc() = "vLLM CPU kernels for one instruction set; the ops live in torch.ops._C_<isa>";
 }

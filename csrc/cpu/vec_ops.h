@@ -10,13 +10,11 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "isa.h"
 
 namespace vllm_cpu::vec {
 
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
 constexpr bool kHasAvx512 = true;
 #else
 constexpr bool kHasAvx512 = false;
@@ -28,7 +26,7 @@ constexpr bool use_avx512_rows() {
   return kHasAvx512 && kHeadSize > 0 && kHeadSize % 16 == 0;
 }
 
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
 
 constexpr int kLanes = 16;
 
@@ -61,13 +59,13 @@ inline __mmask16 first_lanes(int64_t count) {
                          : static_cast<__mmask16>((1u << count) - 1u);
 }
 
-#endif  // __AVX512F__
+#endif  // VLLM_CPU_AVX512
 
 // scores[t] = dot(query, rows + t * row_stride) for t < num_rows.
 template <int kHeadSize>
 inline void dot_rows(const float* query, const float* rows, int64_t row_stride,
                      int64_t num_rows, int64_t head_size, float* scores) {
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   if constexpr (use_avx512_rows<kHeadSize>()) {
     constexpr int kChunks = kHeadSize / kLanes;
     __m512 query_chunks[kChunks];
@@ -98,7 +96,7 @@ template <int kHeadSize>
 inline void accumulate_weighted_rows(const float* rows, int64_t row_stride,
                                      const float* weights, int64_t num_rows,
                                      int64_t head_size, float* acc) {
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   if constexpr (use_avx512_rows<kHeadSize>()) {
     constexpr int kChunks = kHeadSize / kLanes;
     __m512 acc_chunks[kChunks];
@@ -126,7 +124,7 @@ inline void accumulate_weighted_rows(const float* rows, int64_t row_stride,
 // Largest of values[0..n); -inf when n == 0.
 inline float max_of(const float* values, int64_t n) {
   float result = -std::numeric_limits<float>::infinity();
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   __m512 best = _mm512_set1_ps(result);
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 mask = first_lanes(n - i);
@@ -141,7 +139,7 @@ inline float max_of(const float* values, int64_t n) {
 
 // values[i] = exp(values[i] - max_value) in place; returns their sum.
 inline float exp_minus_max_inplace(float* values, int64_t n, float max_value) {
-#if defined(__AVX512F__)
+#if VLLM_CPU_AVX512
   const __m512 shift = _mm512_set1_ps(max_value);
   __m512 total = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += kLanes) {

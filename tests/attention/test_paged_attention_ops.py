@@ -10,15 +10,16 @@ from vllm.attention.ops.paged_attention import (
     reshape_and_cache,
     reshape_and_cache_reference,
 )
+from vllm.platforms.cpu_isa import kernel_ops
 
 needs_kernel = pytest.mark.skipif(
     not HAS_CPU_KERNEL,
-    reason="vllm._C is not built (build it with setup.py build_ext --inplace)",
+    reason="vllm._C_<isa> is not built (build it with setup.py build_ext --inplace)",
 )
 
 
 def kernel(out, query, key_cache, value_cache, block_table, seq_lens, scale):
-    torch.ops._C.paged_attention_decode(
+    kernel_ops().paged_attention_decode(
         out, query, key_cache, value_cache, block_table, seq_lens, scale
     )
     return out
@@ -180,7 +181,7 @@ def test_dispatcher_matches_reference():
 
 WRITERS = [
     pytest.param(reshape_and_cache_reference, id="reference"),
-    pytest.param(lambda *args: torch.ops._C.reshape_and_cache(*args), id="kernel",
+    pytest.param(lambda *args: kernel_ops().reshape_and_cache(*args), id="kernel",
                  marks=needs_kernel),
 ]
 
@@ -216,9 +217,9 @@ def test_reshape_and_cache_kernel_rejects_bad_slots():
     kv_cache = torch.zeros(2, 4, 16, 2, 64)
     key = torch.randn(3, 2, 64)
     with pytest.raises(RuntimeError, match="outside the cache"):
-        torch.ops._C.reshape_and_cache(key, key, kv_cache[0], kv_cache[1], torch.tensor([0, 1, 64]))
+        kernel_ops().reshape_and_cache(key, key, kv_cache[0], kv_cache[1], torch.tensor([0, 1, 64]))
     with pytest.raises(RuntimeError, match="int64"):
-        torch.ops._C.reshape_and_cache(key, key, kv_cache[0], kv_cache[1],
+        kernel_ops().reshape_and_cache(key, key, kv_cache[0], kv_cache[1],
                                        torch.tensor([0, 1, 2], dtype=torch.int32))
 
 

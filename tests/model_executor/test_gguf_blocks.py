@@ -31,7 +31,7 @@ def gguf_blocks(rows: int, cols: int, qtype: int, seed: int = 0) -> torch.Tensor
 def kernel():
     found = CpuPlatform().gguf_block_kernel()
     if found is None:
-        pytest.skip("vllm._C is not built")
+        pytest.skip("vllm._C_<isa> is not built")
     return found[0]
 
 

@@ -6,6 +6,7 @@ import psutil
 import torch
 
 from vllm.distributed.network import internal_host, is_local_address
+from vllm.platforms.cpu_isa import kernel_ops
 from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
@@ -52,11 +53,10 @@ class CpuPlatform(Platform):
     def gguf_block_kernel(self):
         if os.environ.get("VLLM_CPU_GGUF_KERNELS", "1") == "0":
             return None
-        try:
-            import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
-            return torch.ops._C.gguf_linear, GGUF_KERNEL_MAX_TOKENS
-        except (ImportError, AttributeError, RuntimeError):
+        ops = kernel_ops()
+        if ops is None:
             return None
+        return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS
 
     def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
                           host: Optional[str] = None):

@@ -6,21 +6,17 @@ Cache layout (docs/contracts-draft.md): per layer one tensor
 position ``pos`` of a sequence lives in block ``block_table[seq, pos // block_size]``
 at offset ``pos % block_size``.
 
-``paged_attention_decode`` and ``reshape_and_cache`` run the C++ kernels
-``torch.ops._C.*`` (built from csrc/cpu as ``vllm._C``) when they are importable,
-else the plain PyTorch references below (``*_reference``).
+``paged_attention_decode`` and ``reshape_and_cache`` run the C++ kernels of the CPU's
+build (``torch.ops._C_<isa>.*``, vllm/platforms/cpu_isa.py) when one is installed, else
+the plain PyTorch references below (``*_reference``).
 """
 
 import torch
 
-try:
-    import vllm._C  # noqa: F401  (loading it registers torch.ops._C.*)
+from vllm.platforms.cpu_isa import kernel_ops
 
-    HAS_CPU_KERNEL = hasattr(torch.ops._C, "paged_attention_decode") and hasattr(
-        torch.ops._C, "reshape_and_cache"
-    )
-except ImportError:
-    HAS_CPU_KERNEL = False
+_OPS = kernel_ops()
+HAS_CPU_KERNEL = _OPS is not None
 
 
 def paged_attention_decode(
@@ -38,7 +34,7 @@ def paged_attention_decode(
     with seq_len 0 gets zeros. ``out`` may be ``query`` itself. Returns ``out``.
     """
     if HAS_CPU_KERNEL:
-        torch.ops._C.paged_attention_decode(
+        _OPS.paged_attention_decode(
             out, query, key_cache, value_cache, block_table, seq_lens, float(scale)
         )
     else:
@@ -99,7 +95,7 @@ def reshape_and_cache(
     Tokens whose slot is negative (padding) are skipped.
     """
     if HAS_CPU_KERNEL:
-        torch.ops._C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+        _OPS.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     else:
         reshape_and_cache_reference(key, value, key_cache, value_cache, slot_mapping)
 

@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from vllm.entrypoints.cli.serve import add_cli_args as _add_serve
+from vllm.platforms.cpu_isa import requested_isa
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        requested_isa()  # a bad VLLM_CPU_ISA stops here, in one line
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as error:
         print(f"vllm: error: {error}", file=sys.stderr)
