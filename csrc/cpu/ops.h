@@ -37,3 +37,7 @@ void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
 void gguf_linear(torch::Tensor& out, const torch::Tensor& x,
                  const torch::Tensor& weight_blocks, int64_t qtype,
                  const std::optional<torch::Tensor>& bias);
+
+// float32 GFLOP/s of `iterations` rounds of independent FMA chains on every
+// thread of at::get_num_threads(), in this build's widest registers.
+double fma_peak_gflops(int64_t iterations);

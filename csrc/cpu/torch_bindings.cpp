@@ -20,6 +20,7 @@ std::string built_isa() {
 
 TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
   ops.def("built_isa() -> str", &built_isa);
+  ops.def("fma_peak_gflops(int iterations) -> float", &fma_peak_gflops);
   ops.def(
       "paged_attention_decode(Tensor(a!) out, Tensor query, Tensor key_cache, "
       "Tensor value_cache, Tensor block_table, Tensor seq_lens, float scale) -> ()");
