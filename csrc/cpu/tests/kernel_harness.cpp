@@ -1,0 +1,433 @@
+// Checks one build variant of the CPU kernels (ops.h) against double-precision references
+// on random inputs; scripts/cross_build_aarch64.py links it per variant and runs it under
+// qemu-aarch64. Usage: kernel_harness <expected isa: neon | portable | avx512 | avx2> [seed]
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
+// isa_report.cpp, compiled with the variant's own flags.
+int harness_isa_avx512();
+int harness_isa_avx2();
+int harness_isa_neon();
+const char* harness_isa_macros();
+
+namespace {
+
+constexpr double kUnit = 1.0 / (1 << 24);  // float32 unit roundoff, 2^-24
+// The exp the attention kernels use (std::exp or a vector polynomial) is held to this
+// relative error; the AVX-512 polynomial is below 1e-7.
+constexpr double kExpRelError = 1e-6;
+
+// Counts checks; prints the first failures of each kind and the worst error margin.
+struct Report {
+  const char* name;
+  int cases = 0;
+  int failures = 0;
+  double worst = 0.0;  // largest error / bound seen
+
+  void close(double error, double bound, const std::string& where) {
+    const double ratio = bound > 0 ? error / bound : (error == 0 ? 0.0 : INFINITY);
+    worst = std::max(worst, ratio);
+    if (!(error <= bound)) fail(where + ": error " + std::to_string(error) + " > bound " +
+                                std::to_string(bound));
+  }
+  void fail(const std::string& what) {
+    if (++failures <= 5) std::printf("  FAIL %s: %s\n", name, what.c_str());
+  }
+  void summary() const {
+    std::printf("%s %s: %d cases, worst error %.3g of its bound\n",
+                failures ? "FAIL" : "ok  ", name, cases, worst);
+  }
+};
+
+std::mt19937_64 rng;
+
+double uniform(double low, double high) {
+  return std::uniform_real_distribution<double>(low, high)(rng);
+}
+int64_t uniform_int(int64_t low, int64_t high) {  // inclusive
+  return std::uniform_int_distribution<int64_t>(low, high)(rng);
+}
+float normal() { return static_cast<float>(std::normal_distribution<double>(0, 1)(rng)); }
+
+torch::Tensor random_floats(at::IntArrayRef shape) {
+  torch::Tensor t = torch::empty(shape, torch::kFloat32);
+  float* data = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) data[i] = normal();
+  return t;
+}
+
+// ---- GGUF blocks --------------------------------------------------------------------------
+
+// IEEE binary16 bits to double, written out here rather than through c10::Half so that
+// the reference shares no code with the kernels.
+double half_to_double(uint16_t bits) {
+  const int exponent = (bits >> 10) & 0x1F;
+  const int mantissa = bits & 0x3FF;
+  double magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(mantissa, -24);  // subnormal: m * 2^-24
+  } else if (exponent == 31) {
+    magnitude = mantissa ? NAN : INFINITY;
+  } else {
+    magnitude = std::ldexp(1024 + mantissa, exponent - 25);  // (1 + m/1024) * 2^(e-15)
+  }
+  return (bits & 0x8000) ? -magnitude : magnitude;
+}
+
+// A random finite binary16 scale: mostly around 2^-6..2^1, sometimes zero or subnormal.
+uint16_t random_half_bits() {
+  const int64_t pick = uniform_int(0, 19);
+  const int exponent = pick == 0 ? 0 : static_cast<int>(uniform_int(9, 16));
+  const uint16_t mantissa = pick == 1 ? 0 : static_cast<uint16_t>(uniform_int(0, 1023));
+  const uint16_t sign = static_cast<uint16_t>(uniform_int(0, 1) << 15);
+  return static_cast<uint16_t>(sign | (exponent << 10) | mantissa);
+}
+
+void put_half(uint8_t* bytes, uint16_t bits) {  // GGUF is little-endian
+  bytes[0] = static_cast<uint8_t>(bits & 0xFF);
+  bytes[1] = static_cast<uint8_t>(bits >> 8);
+}
+uint16_t get_half(const uint8_t* bytes) {
+  return static_cast<uint16_t>(bytes[0] | (bytes[1] << 8));
+}
+
+int64_t block_bytes(int64_t qtype) { return qtype == 3 ? 20 : 34; }
+
+// (n, k / 32, bytes) random blocks: random scales (and Q4_1 minimums), random quants.
+torch::Tensor random_blocks(int64_t n, int64_t k, int64_t qtype) {
+  const int64_t bytes = block_bytes(qtype);
+  torch::Tensor blocks = torch::empty({n, k / 32, bytes}, torch::kUInt8);
+  uint8_t* data = blocks.data_ptr<uint8_t>();
+  for (int64_t b = 0; b < n * (k / 32); ++b) {
+    uint8_t* block = data + b * bytes;
+    put_half(block, random_half_bits());
+    int64_t first_quant = 2;
+    if (qtype == 3) {
+      put_half(block + 2, random_half_bits());
+      first_quant = 4;
+    }
+    for (int64_t j = first_quant; j < bytes; ++j)
+      block[j] = static_cast<uint8_t>(uniform_int(0, 255));
+  }
+  return blocks;
+}
+
+// The 32 weights of one block, per the format comment of gguf_blocks.h:
+//   Q4_1: d * q_j + m, q_j the low nibble of byte j (j < 16), else the high one of j - 16;
+//   Q8_0: d * q_j, q_j signed bytes.
+void dequantize_block(const uint8_t* block, int64_t qtype, double* out) {
+  const double d = half_to_double(get_half(block));
+  if (qtype == 3) {
+    const double m = half_to_double(get_half(block + 2));
+    for (int j = 0; j < 32; ++j) {
+      const int q = j < 16 ? (block[4 + j] & 0x0F) : (block[4 + j - 16] >> 4);
+      out[j] = d * q + m;
+    }
+  } else {
+    for (int j = 0; j < 32; ++j) out[j] = d * static_cast<int8_t>(block[2 + j]);
+  }
+}
+
+// y = x W^T + b against the reference. The bound is float32 summation's own: every weight
+// rounds once (d * q is exact, + m rounds), each of the k products and sums once, the bias
+// once: |error| <= (k + 4) u (sum_c |x_c w_c| + |b|), doubled for headroom.
+void check_gguf_case(Report& report, int64_t qtype, int64_t m, int64_t n, int64_t k,
+                     bool with_bias) {
+  ++report.cases;
+  const torch::Tensor x = random_floats({m, k});
+  const torch::Tensor blocks = random_blocks(n, k, qtype);
+  const std::optional<torch::Tensor> bias =
+      with_bias ? std::optional<torch::Tensor>(random_floats({n})) : std::nullopt;
+  torch::Tensor out = torch::full({m, n}, NAN, torch::kFloat32);
+  gguf_linear(out, x, blocks, qtype, bias);
+
+  const int64_t bytes = block_bytes(qtype);
+  std::vector<double> weights(k);
+  const float* xs = x.data_ptr<float>();
+  const float* ys = out.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t b = 0; b < k / 32; ++b)
+      dequantize_block(blocks.data_ptr<uint8_t>() + (r * (k / 32) + b) * bytes, qtype,
+                       weights.data() + b * 32);
+    const double b_r = with_bias ? bias->data_ptr<float>()[r] : 0.0;
+    for (int64_t i = 0; i < m; ++i) {
+      double sum = b_r, magnitude = std::abs(b_r);
+      for (int64_t c = 0; c < k; ++c) {
+        sum += xs[i * k + c] * weights[c];
+        magnitude += std::abs(xs[i * k + c] * weights[c]);
+      }
+      const double bound = 2.0 * (k + 4) * kUnit * magnitude;
+      report.close(std::abs(ys[i * n + r] - sum), bound,
+                   "qtype " + std::to_string(qtype) + " m=" + std::to_string(m) + " n=" +
+                       std::to_string(n) + " k=" + std::to_string(k) + " out[" +
+                       std::to_string(i) + "][" + std::to_string(r) + "]");
+    }
+  }
+}
+
+void check_gguf_linear() {
+  Report report{"gguf_linear"};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 32}, {7, 96}, {33, 256}, {40, 64}};
+  int index = 0;
+  for (int64_t qtype : {3, 8})
+    for (int64_t m : {1, 3, 8, 13})  // 8-row tiles and their remainders
+      for (auto [n, k] : shapes) check_gguf_case(report, qtype, m, n, k, ++index % 2 == 0);
+  try {  // an unsupported type is refused, and the error crosses the library boundary
+    torch::Tensor out = torch::empty({1, 1});
+    gguf_linear(out, torch::zeros({1, 32}), torch::zeros({1, 1, 20}, torch::kUInt8), 2,
+                std::nullopt);
+    report.fail("qtype 2 was accepted");
+  } catch (const c10::Error&) {
+  }
+  report.summary();
+  if (report.failures) std::exit(1);
+}
+
+// ---- paged attention ----------------------------------------------------------------------
+
+struct AttentionCase {
+  int64_t num_seqs, num_heads, num_kv_heads, head_size, block_size, max_blocks;
+  bool strided_query;  // query rows are a slice of wider rows
+  bool in_place;       // out is the query tensor
+};
+
+// Each sequence gets distinct blocks of the cache in shuffled order; lengths cover empty,
+// one token, exactly one block, a full table and random ones.
+void random_tables(const AttentionCase& c, int64_t num_blocks, torch::Tensor& block_table,
+                   torch::Tensor& seq_lens) {
+  std::vector<int32_t> ids(num_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  block_table = torch::empty({c.num_seqs, c.max_blocks}, torch::kInt32);
+  seq_lens = torch::empty({c.num_seqs}, torch::kInt32);
+  const int64_t capacity = c.max_blocks * c.block_size;
+  const int64_t special[] = {0, 1, c.block_size, capacity};
+  for (int64_t s = 0; s < c.num_seqs; ++s) {
+    for (int64_t b = 0; b < c.max_blocks; ++b)
+      block_table.data_ptr<int32_t>()[s * c.max_blocks + b] = ids[s * c.max_blocks + b];
+    seq_lens.data_ptr<int32_t>()[s] =
+        static_cast<int32_t>(s < 4 ? special[s] : uniform_int(1, capacity));
+  }
+}
+
+// One (sequence, head) row against softmax(scale q K^T) V in double. Bound, first order:
+// each score errs by at most delta = (d + 2) u scale sum|q k|, so each softmax weight by a
+// relative e = 2 delta_max + u |s - s_max| + exp error, the output by 2 e_max plus the
+// (T + 2) u of each of its two sums, times the weighted mean |v|; four times that for headroom.
+void check_attention_row(Report& report, const AttentionCase& c, const float* q,
+                         const float* key_cache, const float* value_cache, const int32_t* blocks,
+                         int64_t seq_len, int64_t kv_head, double scale, const float* out,
+                         const std::string& where) {
+  const int64_t d = c.head_size;
+  const int64_t token_stride = c.num_kv_heads * d;
+  auto row = [&](const float* cache, int64_t t) {
+    return cache + (blocks[t / c.block_size] * c.block_size + t % c.block_size) * token_stride +
+           kv_head * d;
+  };
+  if (seq_len == 0) {  // defined as zeros
+    for (int64_t i = 0; i < d; ++i) report.close(std::abs(out[i]), 0.0, where + " (empty)");
+    return;
+  }
+  std::vector<double> scores(seq_len);
+  double delta = 0.0;
+  for (int64_t t = 0; t < seq_len; ++t) {
+    const float* k = row(key_cache, t);
+    double dot = 0.0, magnitude = 0.0;
+    for (int64_t i = 0; i < d; ++i) {
+      dot += static_cast<double>(q[i]) * k[i];
+      magnitude += std::abs(static_cast<double>(q[i]) * k[i]);
+    }
+    scores[t] = scale * dot;
+    delta = std::max(delta, (d + 2) * kUnit * scale * magnitude);
+  }
+  const double top = *std::max_element(scores.begin(), scores.end());
+  double total = 0.0, spread = 0.0;
+  for (int64_t t = 0; t < seq_len; ++t) {
+    spread = std::max(spread, top - scores[t]);
+    scores[t] = std::exp(scores[t] - top);
+    total += scores[t];
+  }
+  const double weight_error = 2 * delta + kUnit * spread + kExpRelError;
+  const double relative = 4.0 * (2 * weight_error + 2 * (seq_len + 2) * kUnit);
+  for (int64_t i = 0; i < d; ++i) {
+    double sum = 0.0, magnitude = 0.0;
+    for (int64_t t = 0; t < seq_len; ++t) {
+      sum += scores[t] * row(value_cache, t)[i];
+      magnitude += scores[t] * std::abs(row(value_cache, t)[i]);
+    }
+    report.close(std::abs(out[i] - sum / total), relative * magnitude / total,
+                 where + " dim " + std::to_string(i));
+  }
+}
+
+void check_attention_case(Report& report, const AttentionCase& c) {
+  ++report.cases;
+  const int64_t num_blocks = c.num_seqs * c.max_blocks + 3;  // a few blocks nobody uses
+  const torch::Tensor key_cache =
+      random_floats({num_blocks, c.block_size, c.num_kv_heads, c.head_size});
+  const torch::Tensor value_cache =
+      random_floats({num_blocks, c.block_size, c.num_kv_heads, c.head_size});
+  torch::Tensor block_table, seq_lens;
+  random_tables(c, num_blocks, block_table, seq_lens);
+  torch::Tensor query =
+      c.strided_query
+          ? random_floats({c.num_seqs, c.num_heads, 2 * c.head_size}).narrow(2, 0, c.head_size)
+          : random_floats({c.num_seqs, c.num_heads, c.head_size});
+  const torch::Tensor query_copy = query.contiguous().clone();  // in place overwrites query
+  torch::Tensor out = c.in_place ? query : torch::full_like(query_copy, NAN);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_size));
+  paged_attention_decode(out, query, key_cache, value_cache, block_table, seq_lens, scale);
+
+  const torch::Tensor result = out.contiguous();
+  const int64_t group = c.num_heads / c.num_kv_heads;
+  for (int64_t s = 0; s < c.num_seqs; ++s)
+    for (int64_t h = 0; h < c.num_heads; ++h) {
+      const int64_t offset = (s * c.num_heads + h) * c.head_size;
+      const std::string where = "head_size " + std::to_string(c.head_size) + " seqs " +
+                                std::to_string(c.num_seqs) + " heads " +
+                                std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) +
+                                " seq " + std::to_string(s) + " head " + std::to_string(h);
+      check_attention_row(report, c, query_copy.data_ptr<float>() + offset,
+                          key_cache.data_ptr<float>(), value_cache.data_ptr<float>(),
+                          block_table.data_ptr<int32_t>() + s * c.max_blocks,
+                          seq_lens.data_ptr<int32_t>()[s], h / group, scale,
+                          result.data_ptr<float>() + offset, where);
+    }
+}
+
+void check_paged_attention() {
+  Report report{"paged_attention_decode"};
+  // Every specialised head size and a generic one; 3 sequences split work by kv head,
+  // 9 by sequence (at 2 threads); GQA, MQA and MHA groupings; two block sizes.
+  for (int64_t head_size : {32, 64, 80, 96, 128, 256, 40}) {
+    check_attention_case(report, {3, 4, 2, head_size, 16, 3, true, false});
+    check_attention_case(report, {9, 4, 1, head_size, 5, 4, false, false});
+    check_attention_case(report, {5, 2, 2, head_size, 16, 2, false, true});
+  }
+  try {  // a block id outside the cache is refused before it is followed
+    torch::Tensor cache = torch::zeros({2, 4, 1, 32});
+    torch::Tensor query = torch::zeros({1, 1, 32});
+    torch::Tensor out = torch::empty_like(query);
+    paged_attention_decode(out, query, cache, cache, torch::full({1, 1}, 7, torch::kInt32),
+                           torch::full({1}, 3, torch::kInt32), 1.0);
+    report.fail("block id 7 of a 2-block cache was accepted");
+  } catch (const c10::Error&) {
+  }
+  report.summary();
+  if (report.failures) std::exit(1);
+}
+
+// ---- reshape_and_cache --------------------------------------------------------------------
+
+// Keys and values land bit for bit at their slots; -1 slots and every other slot are left
+// as they were. Token rows are slices of a wider (qkv-like) buffer, as the model passes them.
+void check_cache_case(Report& report, int64_t num_tokens, int64_t num_kv_heads,
+                      int64_t head_size, int64_t block_size) {
+  ++report.cases;
+  const int64_t num_blocks = (num_tokens + block_size - 1) / block_size + 2;
+  const int64_t num_slots = num_blocks * block_size;
+  torch::Tensor key_cache = random_floats({num_blocks, block_size, num_kv_heads, head_size});
+  torch::Tensor value_cache = random_floats({num_blocks, block_size, num_kv_heads, head_size});
+  const torch::Tensor key_before = key_cache.clone(), value_before = value_cache.clone();
+  const torch::Tensor rows = random_floats({num_tokens, 3, num_kv_heads, head_size});
+  const torch::Tensor key = rows.select(1, 1), value = rows.select(1, 2);
+
+  std::vector<int64_t> slots(num_slots);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  torch::Tensor slot_mapping = torch::empty({num_tokens}, torch::kInt64);
+  for (int64_t t = 0; t < num_tokens; ++t)
+    slot_mapping.data_ptr<int64_t>()[t] = uniform_int(0, 9) == 0 ? -1 : slots[t];
+  reshape_and_cache(key, value, key_cache, value_cache, slot_mapping);
+
+  const size_t slot_bytes = num_kv_heads * head_size * sizeof(float);
+  std::vector<int64_t> token_at(num_slots, -1);
+  for (int64_t t = 0; t < num_tokens; ++t)
+    if (slot_mapping.data_ptr<int64_t>()[t] >= 0) token_at[slot_mapping.data_ptr<int64_t>()[t]] = t;
+  const torch::Tensor key_rows = key.contiguous(), value_rows = value.contiguous();
+  auto slot = [&](const torch::Tensor& cache, int64_t s) {
+    return reinterpret_cast<const char*>(cache.data_ptr<float>()) + s * slot_bytes;
+  };
+  auto token = [&](const torch::Tensor& rows_of, int64_t t) {
+    return reinterpret_cast<const char*>(rows_of.data_ptr<float>()) + t * slot_bytes;
+  };
+  int64_t wrong = 0;
+  for (int64_t s = 0; s < num_slots; ++s) {
+    const int64_t t = token_at[s];
+    const char* want_key = t >= 0 ? token(key_rows, t) : slot(key_before, s);
+    const char* want_value = t >= 0 ? token(value_rows, t) : slot(value_before, s);
+    wrong += std::memcmp(slot(key_cache, s), want_key, slot_bytes) != 0;
+    wrong += std::memcmp(slot(value_cache, s), want_value, slot_bytes) != 0;
+  }
+  report.close(static_cast<double>(wrong), 0.0,
+               std::to_string(num_tokens) + " tokens, " + std::to_string(num_kv_heads) +
+                   " kv heads of " + std::to_string(head_size) + ": wrong slots");
+}
+
+void check_reshape_and_cache() {
+  Report report{"reshape_and_cache"};
+  check_cache_case(report, 1, 1, 64, 16);
+  check_cache_case(report, 37, 2, 80, 16);
+  check_cache_case(report, 600, 2, 32, 16);  // over the 256-token grain: several threads
+  check_cache_case(report, 50, 4, 128, 5);
+  try {  // a slot past the cache is refused
+    torch::Tensor cache = torch::zeros({1, 4, 1, 8});
+    torch::Tensor rows = torch::zeros({1, 1, 8});
+    reshape_and_cache(rows, rows, cache, cache, torch::full({1}, 4, torch::kInt64));
+    report.fail("slot 4 of a 4-slot cache was accepted");
+  } catch (const c10::Error&) {
+  }
+  report.summary();
+  if (report.failures) std::exit(1);
+}
+
+// ---- the build itself ---------------------------------------------------------------------
+
+// The variant's ISA macros say what its name does (the harness-side built_isa check).
+void check_isa(const std::string& expected) {
+  std::printf("isa macros: %s\n", harness_isa_macros());
+  const int avx512 = harness_isa_avx512(), avx2 = harness_isa_avx2(), neon = harness_isa_neon();
+  const bool ok = (expected == "neon" && neon && !avx512 && !avx2) ||
+                  (expected == "avx512" && avx512 && !avx2 && !neon) ||
+                  (expected == "avx2" && avx2 && !avx512 && !neon) ||
+                  (expected == "portable" && !neon && !avx512 && !avx2);
+  std::printf("%s built isa: %s\n", ok ? "ok  " : "FAIL", expected.c_str());
+  if (!ok) std::exit(1);
+}
+
+void run_fma_probe() {
+  const double gflops = fma_peak_gflops(20000);
+  const bool ok = std::isfinite(gflops) && gflops > 0;
+  std::printf("%s fma_peak_gflops(20000): %.3g GFLOP/s on %d threads (emulated: only "
+              "shows it runs)\n", ok ? "ok  " : "FAIL", gflops, at::get_num_threads());
+  if (!ok) std::exit(1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s <expected isa> [seed]\n", argv[0]);
+    return 2;
+  }
+  const std::string isa = argv[1];
+  rng.seed(argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 20240607);
+  std::printf("kernel harness %s, %d threads\n", isa.c_str(), at::get_num_threads());
+  check_isa(isa);
+  check_gguf_linear();
+  check_paged_attention();
+  check_reshape_and_cache();
+  run_fma_probe();
+  std::printf("PASS %s\n", isa.c_str());
+  return 0;
+}
