@@ -425,8 +425,15 @@ def main() -> int:
         harnesses = build(variants, root, out, args.jobs, with_harness=not args.build_only)
         if not args.build_only:
             prefix = qemu_root(out, args.threads)
+            failed = []  # every variant runs, so one report shows all that fails
             for isa, harness in harnesses.items():
-                run_harness(isa, harness, root, prefix, args.threads, args.seed, args.timeout)
+                try:
+                    run_harness(isa, harness, root, prefix, args.threads, args.seed, args.timeout)
+                except StepFailed as failure:
+                    log(f"FAILED: {failure}")
+                    failed.append(isa)
+            if failed:
+                raise StepFailed(f"the harness failed for {', '.join(failed)}")
     except StepFailed as failure:
         log(f"FAILED: {failure}")
         return 1
