@@ -3,7 +3,7 @@ aarch64 wheel and runs them under qemu-aarch64 against double-precision referenc
 
     python scripts/cross_build_aarch64.py                # build neon + portable, run the harness
     python scripts/cross_build_aarch64.py --build-only   # the shared libraries only
-    python scripts/cross_build_aarch64.py --torch 2.5.1  # another torch (the Ascend image pins it)
+    python scripts/cross_build_aarch64.py --torch 2.5.1 --build-only  # the Ascend image's torch
 
 Needs aarch64-linux-gnu-g++ and qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user), this
 machine's torch (build_ext.py's extension list comes from it) and Python headers. The wheel
@@ -42,9 +42,12 @@ PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 # pip matches no older manylinux tag by itself when --platform is given: list them all.
 WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(28, 16, -1)]
 WHEEL_PLATFORMS.append("manylinux2014_aarch64")
-# What of the torch wheel an extension build and a C++ program linking libtorch need.
-TORCH_MEMBERS = ("torch/include/", "torch/lib/", "torch/share/cmake/",
+# What of the torch wheel an extension build and a C++ program linking libtorch need;
+# torch.libs/ holds what auditwheel bundled into older wheels (2.5's OpenBLAS, ACL, libgomp).
+TORCH_MEMBERS = ("torch/include/", "torch/lib/", "torch/share/cmake/", "torch.libs/",
                  "torch/utils/cpp_extension.py", "torch/version.py")
+# Bumped when TORCH_MEMBERS changes, so older caches are unpacked again.
+CACHE_LAYOUT = 2
 # PyPI's aarch64 torch is a CUDA build: libtorch_cpu itself links libcudart and libcupti
 # (found through its RPATH, $ORIGIN/../../nvidia/<cuda>/lib). Those two libraries come from
 # the runtime wheels its cuda-toolkit pin names; nothing else of CUDA is unpacked.
@@ -117,7 +120,8 @@ def fetch_torch(version: str) -> str:
     """torch's aarch64 headers and libraries (plus the CUDA runtime libraries libtorch_cpu
     links, for CUDA builds), unpacked once into the cache; returns that folder."""
     root = os.path.join(CACHE, f"torch-{version}-cp{PYTHON_VERSION.replace('.', '')}")
-    if os.path.exists(os.path.join(root, ".complete")):
+    marker = os.path.join(root, ".complete")
+    if os.path.exists(marker) and read_bytes(marker).decode() == f"{version} {CACHE_LAYOUT}\n":
         log(f"torch {version} (aarch64, cp{PYTHON_VERSION}): cached in {root}")
         return root
     start = time.monotonic()
@@ -132,8 +136,8 @@ def fetch_torch(version: str) -> str:
             pip_download(f"cuda-toolkit[{CUDA_EXTRAS}]=={pin.group(1)}", downloads, with_deps=True)
             for runtime in glob.glob(os.path.join(downloads, "nvidia_*.whl")):
                 unpack(runtime, root, CUDA_LIBRARY.match)
-    with open(os.path.join(root, ".complete"), "w") as handle:
-        handle.write(version + "\n")
+    with open(marker, "w") as handle:
+        handle.write(f"{version} {CACHE_LAYOUT}\n")
     log(f"torch {version} (aarch64, cp{PYTHON_VERSION}): unpacked into {root} "
         f"in {time.monotonic() - start:.0f} s")
     return root
@@ -172,8 +176,9 @@ def torch_includes(root: str) -> list:
 
 
 def library_dirs(root: str) -> list:
-    cuda = sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib")))
-    return [os.path.join(root, "torch", "lib")] + cuda
+    bundled = sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib")))
+    bundled += [path for path in [os.path.join(root, "torch.libs")] if os.path.isdir(path)]
+    return [os.path.join(root, "torch", "lib")] + bundled
 
 
 # ---- the variants, as build_ext describes them ---------------------------------------------
@@ -381,8 +386,12 @@ def qemu_cpu() -> str:
 
 def run_harness(isa: str, harness: str, root: str, prefix: str, threads: int, seed: int,
                 timeout: int) -> None:
+    # Multiarch arm64 libraries, where installed: torch 2.5's bundled libgfortran needs
+    # libz.so.1, which the cross toolchain packages lack (apt-get install zlib1g:arm64).
+    guest_paths = [os.path.join(root, "torch", "lib")]
+    guest_paths += [path for path in ["/usr/lib/aarch64-linux-gnu"] if os.path.isdir(path)]
     command = [QEMU, "-cpu", qemu_cpu(), "-L", prefix,
-               "-E", f"LD_LIBRARY_PATH={os.path.join(root, 'torch', 'lib')}",
+               "-E", f"LD_LIBRARY_PATH={':'.join(guest_paths)}",
                "-E", f"OMP_NUM_THREADS={threads}", harness, isa, str(seed)]
     start = time.monotonic()
     try:
