@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "vec_ops.h"
@@ -91,6 +92,39 @@ void store_out_row(const DecodeProblem<T>& p, int64_t seq, int64_t head, int64_t
   }
 }
 
+// Heads [first, first + count) in tiles of up to vec::kMaxHeadTile, each tile's
+// size a compile-time constant (so its sums stay in registers):
+// visit(std::integral_constant<int, size>{}, first_head_of_tile).
+template <typename Visit>
+void for_head_tiles(int64_t first, int64_t count, Visit&& visit) {
+  static_assert(vec::kMaxHeadTile == 4, "the switch below lists tiles of 1..4 heads");
+  for (int64_t h = first; h < first + count;) {
+    const int64_t tile = std::min<int64_t>(vec::kMaxHeadTile, first + count - h);
+    switch (tile) {
+      case 4: visit(std::integral_constant<int, 4>{}, h); break;
+      case 3: visit(std::integral_constant<int, 3>{}, h); break;
+      case 2: visit(std::integral_constant<int, 2>{}, h); break;
+      default: visit(std::integral_constant<int, 1>{}, h); break;
+    }
+    h += tile;
+  }
+}
+
+// Asks for rows that are about to be read: a sequence's blocks are scattered
+// through the cache, so the hardware prefetcher cannot know where the next
+// one starts. rows: num_rows rows of row_elements, row t at t * row_stride.
+template <typename T>
+void prefetch_rows(const T* rows, int64_t num_rows, int64_t row_stride, int64_t row_elements) {
+  constexpr int64_t kLineBytes = 64;
+  const char* base = reinterpret_cast<const char*>(rows);
+  const int64_t row_bytes = row_elements * static_cast<int64_t>(sizeof(T));
+  for (int64_t t = 0; t < num_rows; ++t) {
+    const char* row = base + t * row_stride * static_cast<int64_t>(sizeof(T));
+    for (int64_t offset = 0; offset < row_bytes; offset += kLineBytes)
+      __builtin_prefetch(row + offset);
+  }
+}
+
 // Attention of one sequence for the query heads of kv heads
 // [kv_head_begin, kv_head_end); each cached row segment is read once.
 template <int kHeadSize, typename T>
@@ -125,16 +159,28 @@ void attend_kv_heads(const DecodeProblem<T>& p, int64_t seq, int64_t kv_head_beg
   auto block_rows = [&](const T* cache, int64_t block_index, int64_t kv_head) {
     return cache + block_ids[block_index] * block_stride + kv_head * head_size;
   };
+  // This item's rows of the block after `block_index` (its kv heads are adjacent).
+  const int64_t item_row_elements = (kv_head_end - kv_head_begin) * head_size;
+  auto prefetch_next_block = [&](const T* cache, int64_t block_index) {
+    if (block_index + 1 < num_seq_blocks) {
+      prefetch_rows(block_rows(cache, block_index + 1, kv_head_begin),
+                    tokens_in_block(block_index + 1), token_stride, item_row_elements);
+    }
+  };
 
-  // Pass 1: scores, laid out (num_local_heads, seq_len).
+  // Pass 1: scores, laid out (num_local_heads, seq_len). The query heads of a
+  // kv head go through its keys together, each key chunk loaded once per tile.
   float* scores = ws.scores.data();
   for (int64_t b = 0; b < num_seq_blocks; ++b) {
     const int64_t num_tokens = tokens_in_block(b);
-    for (int64_t h = 0; h < num_local_heads; ++h) {
-      const T* keys = block_rows(p.key_cache, b, kv_head_begin + h / group_size);
-      vec::dot_rows<kHeadSize>(scaled_query + h * head_size, keys, token_stride,
-                               num_tokens, head_size,
-                               scores + h * seq_len + b * p.block_size);
+    prefetch_next_block(p.key_cache, b);
+    for (int64_t kv = kv_head_begin; kv < kv_head_end; ++kv) {
+      const T* keys = block_rows(p.key_cache, b, kv);
+      for_head_tiles((kv - kv_head_begin) * group_size, group_size, [&](auto tile, int64_t h) {
+        vec::dot_rows_heads<kHeadSize, decltype(tile)::value>(
+            scaled_query + h * head_size, keys, token_stride, num_tokens, head_size,
+            scores + h * seq_len + b * p.block_size, seq_len);
+      });
     }
   }
 
@@ -146,14 +192,18 @@ void attend_kv_heads(const DecodeProblem<T>& p, int64_t seq, int64_t kv_head_beg
     denominator[h] = vec::exp_minus_max_inplace(head_scores, seq_len, max_score);
   }
 
-  // Pass 2: weighted sum of values.
+  // Pass 2: weighted sum of values, again a tile of heads per value chunk.
+  if (num_seq_blocks > 0) prefetch_next_block(p.value_cache, -1);  // the first block
   for (int64_t b = 0; b < num_seq_blocks; ++b) {
     const int64_t num_tokens = tokens_in_block(b);
-    for (int64_t h = 0; h < num_local_heads; ++h) {
-      const T* values = block_rows(p.value_cache, b, kv_head_begin + h / group_size);
-      vec::accumulate_weighted_rows<kHeadSize>(
-          values, token_stride, scores + h * seq_len + b * p.block_size,
-          num_tokens, head_size, accumulators + h * head_size);
+    prefetch_next_block(p.value_cache, b);
+    for (int64_t kv = kv_head_begin; kv < kv_head_end; ++kv) {
+      const T* values = block_rows(p.value_cache, b, kv);
+      for_head_tiles((kv - kv_head_begin) * group_size, group_size, [&](auto tile, int64_t h) {
+        vec::accumulate_weighted_rows_heads<kHeadSize, decltype(tile)::value>(
+            values, token_stride, scores + h * seq_len + b * p.block_size, seq_len,
+            num_tokens, head_size, accumulators + h * head_size);
+      });
     }
   }
 

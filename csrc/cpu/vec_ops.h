@@ -310,6 +310,91 @@ inline void accumulate_weighted_rows(const T* rows, int64_t row_stride, const fl
   }
 }
 
+// Query heads of one kv head that the *_heads helpers handle per call: enough
+// independent FMA chains to hide latency, few enough accumulators for registers.
+constexpr int kMaxHeadTile = 4;
+
+// Divisor of kChunks that keeps kHeads x tile accumulators within 12 registers.
+template <int kChunks, int kHeads>
+constexpr int chunk_tile() {
+  int tile = 12 / kHeads < 1 ? 1 : 12 / kHeads;
+  if (tile > kChunks) tile = kChunks;
+  while (kChunks % tile != 0) --tile;
+  return tile;
+}
+
+// scores[g * score_stride + t] = dot(queries + g * head_size, row t) for the
+// kHeads (<= kMaxHeadTile) query heads that share these rows: each row chunk is
+// loaded, and widened from bf16, once for all of them.
+//   queries: (kHeads, head_size) float32; rows: float32 or bf16, row t at t * row_stride.
+template <int kHeadSize, int kHeads, typename T>
+inline void dot_rows_heads(const float* queries, const T* rows, int64_t row_stride,
+                           int64_t num_rows, int64_t head_size, float* scores,
+                           int64_t score_stride) {
+#if VLLM_CPU_AVX512 || VLLM_CPU_AVX2 || VLLM_CPU_NEON
+  if constexpr (use_vec_rows<kHeadSize>() && kHeads > 1) {
+    constexpr int kChunks = kHeadSize / Vec::kLanes;
+    for (int64_t t = 0; t < num_rows; ++t) {
+      const T* row = rows + t * row_stride;
+      Vec sums[kHeads];
+      const Vec first = Vec::load(row);
+      for (int g = 0; g < kHeads; ++g) sums[g] = Vec::load(queries + g * kHeadSize) * first;
+      for (int c = 1; c < kChunks; ++c) {
+        const Vec chunk = Vec::load(row + c * Vec::kLanes);
+        for (int g = 0; g < kHeads; ++g) {
+          sums[g] = fma(Vec::load(queries + g * kHeadSize + c * Vec::kLanes), chunk, sums[g]);
+        }
+      }
+      for (int g = 0; g < kHeads; ++g) scores[g * score_stride + t] = reduce_add(sums[g]);
+    }
+    return;
+  }
+#endif
+  for (int g = 0; g < kHeads; ++g) {
+    dot_rows<kHeadSize>(queries + g * head_size, rows, row_stride, num_rows, head_size,
+                        scores + g * score_stride);
+  }
+}
+
+// acc[g] += sum over t of weights[g * weight_stride + t] * row t, for the kHeads
+// query heads sharing these rows: each row chunk is loaded (and widened) once.
+//   weights: (kHeads, weight_stride) float32; acc: (kHeads, head_size) float32.
+template <int kHeadSize, int kHeads, typename T>
+inline void accumulate_weighted_rows_heads(const T* rows, int64_t row_stride,
+                                           const float* weights, int64_t weight_stride,
+                                           int64_t num_rows, int64_t head_size, float* acc) {
+#if VLLM_CPU_AVX512 || VLLM_CPU_AVX2 || VLLM_CPU_NEON
+  if constexpr (use_vec_rows<kHeadSize>() && kHeads > 1) {
+    constexpr int kChunks = kHeadSize / Vec::kLanes;
+    constexpr int kTile = chunk_tile<kChunks, kHeads>();
+    // The head dim in tiles of kTile chunks, so kHeads x kTile sums stay in registers.
+    for (int c0 = 0; c0 < kChunks; c0 += kTile) {
+      Vec sums[kHeads][kTile];
+      for (int g = 0; g < kHeads; ++g)
+        for (int c = 0; c < kTile; ++c)
+          sums[g][c] = Vec::load(acc + g * kHeadSize + (c0 + c) * Vec::kLanes);
+      for (int64_t t = 0; t < num_rows; ++t) {
+        const T* row = rows + t * row_stride + c0 * Vec::kLanes;
+        Vec weight[kHeads];
+        for (int g = 0; g < kHeads; ++g) weight[g] = Vec::splat(weights[g * weight_stride + t]);
+        for (int c = 0; c < kTile; ++c) {
+          const Vec chunk = Vec::load(row + c * Vec::kLanes);
+          for (int g = 0; g < kHeads; ++g) sums[g][c] = fma(weight[g], chunk, sums[g][c]);
+        }
+      }
+      for (int g = 0; g < kHeads; ++g)
+        for (int c = 0; c < kTile; ++c)
+          sums[g][c].store(acc + g * kHeadSize + (c0 + c) * Vec::kLanes);
+    }
+    return;
+  }
+#endif
+  for (int g = 0; g < kHeads; ++g) {
+    accumulate_weighted_rows<kHeadSize>(rows, row_stride, weights + g * weight_stride,
+                                        num_rows, head_size, acc + g * head_size);
+  }
+}
+
 // Largest of values[0..n); -inf when n == 0.
 inline float max_of(const float* values, int64_t n) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
