@@ -4,13 +4,16 @@
 #include <torch/all.h>
 
 // Decode attention over a paged KV cache (one query token per sequence).
-//   out, query:  (num_seqs, num_heads, head_size) float32, last dim contiguous
+//   out, query:  (num_seqs, num_heads, head_size) float32 or bfloat16 (both the
+//                same), last dim contiguous
 //   key_cache, value_cache: (num_blocks, block_size, num_kv_heads, head_size)
-//                float32, contiguous
+//                float32 or bfloat16 (both the same, not necessarily the
+//                query's), contiguous
 //   block_table: (num_seqs, max_blocks_per_seq) int32, last dim contiguous
 //   seq_lens:    (num_seqs,) int32, cached tokens to attend to per sequence
 // Query head h reads kv head h / (num_heads / num_kv_heads). `out` may be
-// the same tensor as `query`.
+// the same tensor as `query`. Arithmetic is float32 whatever the dtypes; a
+// bfloat16 out is rounded to nearest even.
 void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
                             const torch::Tensor& key_cache,
                             const torch::Tensor& value_cache,
@@ -19,8 +22,10 @@ void paged_attention_decode(torch::Tensor& out, const torch::Tensor& query,
 
 // Stores token t's key and value rows at cache slot slot_mapping[t]
 // (slot = block_id * block_size + offset); negative slots are skipped.
-//   key, value:  (num_tokens, num_kv_heads, head_size) float32, last dim contiguous
-//   key_cache, value_cache: (num_blocks, block_size, num_kv_heads, head_size) float32, contiguous
+//   key, value:  (num_tokens, num_kv_heads, head_size) of the cache's dtype, last dim
+//                contiguous
+//   key_cache, value_cache: (num_blocks, block_size, num_kv_heads, head_size) float32
+//                or bfloat16, contiguous
 //   slot_mapping: (num_tokens,) int64
 void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
                        torch::Tensor& key_cache, torch::Tensor& value_cache,
