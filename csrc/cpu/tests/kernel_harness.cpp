@@ -66,6 +66,45 @@ torch::Tensor random_floats(at::IntArrayRef shape) {
   return t;
 }
 
+// bfloat16 by hand (not c10::BFloat16), so the references share no code with the kernels:
+// the top half of a float32, rounded to nearest even (inputs are finite).
+uint16_t to_bf16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+float from_bf16_bits(uint16_t half) {
+  const uint32_t bits = static_cast<uint32_t>(half) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// Random normal values in `dtype` (float32 or bfloat16).
+torch::Tensor random_tensor(at::IntArrayRef shape, at::ScalarType dtype) {
+  const torch::Tensor values = random_floats(shape);
+  if (dtype == torch::kFloat32) return values;
+  torch::Tensor t = torch::empty(shape, torch::kBFloat16);
+  auto* bits = reinterpret_cast<uint16_t*>(t.data_ptr());
+  for (int64_t i = 0; i < t.numel(); ++i) bits[i] = to_bf16_bits(values.data_ptr<float>()[i]);
+  return t;
+}
+
+// A contiguous float32 copy holding exactly the tensor's values.
+torch::Tensor exact_floats(const torch::Tensor& t) {
+  const torch::Tensor dense = t.contiguous();
+  if (dense.scalar_type() == torch::kFloat32) return dense.clone();
+  torch::Tensor values = torch::empty(dense.sizes(), torch::kFloat32);
+  const auto* bits = reinterpret_cast<const uint16_t*>(dense.data_ptr());
+  for (int64_t i = 0; i < dense.numel(); ++i) values.data_ptr<float>()[i] = from_bf16_bits(bits[i]);
+  return values;
+}
+
+const char* dtype_name(at::ScalarType dtype) {
+  return dtype == torch::kBFloat16 ? "bf16" : "f32";
+}
+
 // ---- GGUF blocks --------------------------------------------------------------------------
 
 // IEEE binary16 bits to double, written out here rather than through c10::Half so that
@@ -199,6 +238,7 @@ struct AttentionCase {
   int64_t num_seqs, num_heads, num_kv_heads, head_size, block_size, max_blocks;
   bool strided_query;  // query rows are a slice of wider rows
   bool in_place;       // out is the query tensor
+  at::ScalarType cache_dtype, query_dtype;  // query_dtype is out's too
 };
 
 // Each sequence gets distinct blocks of the cache in shuffled order; lengths cover empty,
@@ -224,6 +264,7 @@ void random_tables(const AttentionCase& c, int64_t num_blocks, torch::Tensor& bl
 // each score errs by at most delta = (d + 2) u scale sum|q k|, so each softmax weight by a
 // relative e = 2 delta_max + u |s - s_max| + exp error, the output by 2 e_max plus the
 // (T + 2) u of each of its two sums, times the weighted mean |v|; four times that for headroom.
+// A bfloat16 out adds its rounding, half a unit of its 8 bits (2^-8 relative, allowing 2^-7).
 void check_attention_row(Report& report, const AttentionCase& c, const float* q,
                          const float* key_cache, const float* value_cache, const int32_t* blocks,
                          int64_t seq_len, int64_t kv_head, double scale, const float* out,
@@ -265,7 +306,9 @@ void check_attention_row(Report& report, const AttentionCase& c, const float* q,
       sum += scores[t] * row(value_cache, t)[i];
       magnitude += scores[t] * std::abs(row(value_cache, t)[i]);
     }
-    report.close(std::abs(out[i] - sum / total), relative * magnitude / total,
+    const double rounding = c.query_dtype == torch::kBFloat16 ? std::ldexp(1.0, -7) : 0.0;
+    report.close(std::abs(out[i] - sum / total),
+                 relative * magnitude / total + rounding * std::abs(sum / total),
                  where + " dim " + std::to_string(i));
   }
 }
@@ -273,32 +316,38 @@ void check_attention_row(Report& report, const AttentionCase& c, const float* q,
 void check_attention_case(Report& report, const AttentionCase& c) {
   ++report.cases;
   const int64_t num_blocks = c.num_seqs * c.max_blocks + 3;  // a few blocks nobody uses
-  const torch::Tensor key_cache =
-      random_floats({num_blocks, c.block_size, c.num_kv_heads, c.head_size});
-  const torch::Tensor value_cache =
-      random_floats({num_blocks, c.block_size, c.num_kv_heads, c.head_size});
+  const std::vector<int64_t> cache_shape = {num_blocks, c.block_size, c.num_kv_heads,
+                                            c.head_size};
+  const torch::Tensor key_cache = random_tensor(cache_shape, c.cache_dtype);
+  const torch::Tensor value_cache = random_tensor(cache_shape, c.cache_dtype);
+  const torch::Tensor key_values = exact_floats(key_cache);
+  const torch::Tensor value_values = exact_floats(value_cache);
   torch::Tensor block_table, seq_lens;
   random_tables(c, num_blocks, block_table, seq_lens);
-  torch::Tensor query =
-      c.strided_query
-          ? random_floats({c.num_seqs, c.num_heads, 2 * c.head_size}).narrow(2, 0, c.head_size)
-          : random_floats({c.num_seqs, c.num_heads, c.head_size});
-  const torch::Tensor query_copy = query.contiguous().clone();  // in place overwrites query
-  torch::Tensor out = c.in_place ? query : torch::full_like(query_copy, NAN);
+  const int64_t row_width = c.strided_query ? 2 * c.head_size : c.head_size;
+  torch::Tensor query = random_tensor({c.num_seqs, c.num_heads, row_width}, c.query_dtype)
+                            .narrow(2, 0, c.head_size);
+  const torch::Tensor query_copy = exact_floats(query);  // in place overwrites query
+  torch::Tensor out = c.in_place
+                          ? query
+                          : torch::full({c.num_seqs, c.num_heads, c.head_size}, NAN,
+                                        torch::TensorOptions().dtype(c.query_dtype));
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_size));
   paged_attention_decode(out, query, key_cache, value_cache, block_table, seq_lens, scale);
 
-  const torch::Tensor result = out.contiguous();
+  const torch::Tensor result = exact_floats(out);
   const int64_t group = c.num_heads / c.num_kv_heads;
   for (int64_t s = 0; s < c.num_seqs; ++s)
     for (int64_t h = 0; h < c.num_heads; ++h) {
       const int64_t offset = (s * c.num_heads + h) * c.head_size;
-      const std::string where = "head_size " + std::to_string(c.head_size) + " seqs " +
+      const std::string where = std::string(dtype_name(c.cache_dtype)) + " cache, " +
+                                dtype_name(c.query_dtype) + " query, head_size " +
+                                std::to_string(c.head_size) + " seqs " +
                                 std::to_string(c.num_seqs) + " heads " +
                                 std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) +
                                 " seq " + std::to_string(s) + " head " + std::to_string(h);
       check_attention_row(report, c, query_copy.data_ptr<float>() + offset,
-                          key_cache.data_ptr<float>(), value_cache.data_ptr<float>(),
+                          key_values.data_ptr<float>(), value_values.data_ptr<float>(),
                           block_table.data_ptr<int32_t>() + s * c.max_blocks,
                           seq_lens.data_ptr<int32_t>()[s], h / group, scale,
                           result.data_ptr<float>() + offset, where);
@@ -308,11 +357,16 @@ void check_attention_case(Report& report, const AttentionCase& c) {
 int check_paged_attention() {
   Report report{"paged_attention_decode"};
   // Every specialised head size and a generic one; 3 sequences split work by kv head,
-  // 9 by sequence (at 2 threads); GQA, MQA and MHA groupings; two block sizes.
+  // 9 by sequence (at 2 threads); GQA, MQA and MHA groupings; two block sizes; float32
+  // and bfloat16 caches and queries in each combination.
+  const auto f32 = torch::kFloat32, bf16 = torch::kBFloat16;
   for (int64_t head_size : {32, 64, 80, 96, 128, 256, 40}) {
-    check_attention_case(report, {3, 4, 2, head_size, 16, 3, true, false});
-    check_attention_case(report, {9, 4, 1, head_size, 5, 4, false, false});
-    check_attention_case(report, {5, 2, 2, head_size, 16, 2, false, true});
+    check_attention_case(report, {3, 4, 2, head_size, 16, 3, true, false, f32, f32});
+    check_attention_case(report, {9, 4, 1, head_size, 5, 4, false, false, f32, f32});
+    check_attention_case(report, {5, 2, 2, head_size, 16, 2, false, true, f32, f32});
+    check_attention_case(report, {3, 4, 2, head_size, 16, 3, true, false, bf16, f32});
+    check_attention_case(report, {9, 4, 1, head_size, 5, 4, false, true, bf16, bf16});
+    check_attention_case(report, {5, 2, 2, head_size, 16, 2, false, false, f32, bf16});
   }
   try {  // a block id outside the cache is refused before it is followed
     torch::Tensor cache = torch::zeros({2, 4, 1, 32});
@@ -332,14 +386,15 @@ int check_paged_attention() {
 // Keys and values land bit for bit at their slots; -1 slots and every other slot are left
 // as they were. Token rows are slices of a wider (qkv-like) buffer, as the model passes them.
 void check_cache_case(Report& report, int64_t num_tokens, int64_t num_kv_heads,
-                      int64_t head_size, int64_t block_size) {
+                      int64_t head_size, int64_t block_size, at::ScalarType dtype) {
   ++report.cases;
   const int64_t num_blocks = (num_tokens + block_size - 1) / block_size + 2;
   const int64_t num_slots = num_blocks * block_size;
-  torch::Tensor key_cache = random_floats({num_blocks, block_size, num_kv_heads, head_size});
-  torch::Tensor value_cache = random_floats({num_blocks, block_size, num_kv_heads, head_size});
+  torch::Tensor key_cache = random_tensor({num_blocks, block_size, num_kv_heads, head_size}, dtype);
+  torch::Tensor value_cache =
+      random_tensor({num_blocks, block_size, num_kv_heads, head_size}, dtype);
   const torch::Tensor key_before = key_cache.clone(), value_before = value_cache.clone();
-  const torch::Tensor rows = random_floats({num_tokens, 3, num_kv_heads, head_size});
+  const torch::Tensor rows = random_tensor({num_tokens, 3, num_kv_heads, head_size}, dtype);
   const torch::Tensor key = rows.select(1, 1), value = rows.select(1, 2);
 
   std::vector<int64_t> slots(num_slots);
@@ -350,16 +405,16 @@ void check_cache_case(Report& report, int64_t num_tokens, int64_t num_kv_heads,
     slot_mapping.data_ptr<int64_t>()[t] = uniform_int(0, 9) == 0 ? -1 : slots[t];
   reshape_and_cache(key, value, key_cache, value_cache, slot_mapping);
 
-  const size_t slot_bytes = num_kv_heads * head_size * sizeof(float);
+  const size_t slot_bytes = num_kv_heads * head_size * key_cache.element_size();
   std::vector<int64_t> token_at(num_slots, -1);
   for (int64_t t = 0; t < num_tokens; ++t)
     if (slot_mapping.data_ptr<int64_t>()[t] >= 0) token_at[slot_mapping.data_ptr<int64_t>()[t]] = t;
   const torch::Tensor key_rows = key.contiguous(), value_rows = value.contiguous();
   auto slot = [&](const torch::Tensor& cache, int64_t s) {
-    return reinterpret_cast<const char*>(cache.data_ptr<float>()) + s * slot_bytes;
+    return static_cast<const char*>(cache.data_ptr()) + s * slot_bytes;
   };
   auto token = [&](const torch::Tensor& rows_of, int64_t t) {
-    return reinterpret_cast<const char*>(rows_of.data_ptr<float>()) + t * slot_bytes;
+    return static_cast<const char*>(rows_of.data_ptr()) + t * slot_bytes;
   };
   int64_t wrong = 0;
   for (int64_t s = 0; s < num_slots; ++s) {
@@ -370,16 +425,19 @@ void check_cache_case(Report& report, int64_t num_tokens, int64_t num_kv_heads,
     wrong += std::memcmp(slot(value_cache, s), want_value, slot_bytes) != 0;
   }
   report.close(static_cast<double>(wrong), 0.0,
-               std::to_string(num_tokens) + " tokens, " + std::to_string(num_kv_heads) +
+               std::string(dtype_name(dtype)) + ", " + std::to_string(num_tokens) +
+                   " tokens, " + std::to_string(num_kv_heads) +
                    " kv heads of " + std::to_string(head_size) + ": wrong slots");
 }
 
 int check_reshape_and_cache() {
   Report report{"reshape_and_cache"};
-  check_cache_case(report, 1, 1, 64, 16);
-  check_cache_case(report, 37, 2, 80, 16);
-  check_cache_case(report, 600, 2, 32, 16);  // over the 256-token grain: several threads
-  check_cache_case(report, 50, 4, 128, 5);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    check_cache_case(report, 1, 1, 64, 16, dtype);
+    check_cache_case(report, 37, 2, 80, 16, dtype);
+    check_cache_case(report, 600, 2, 32, 16, dtype);  // over the 256-token grain: threads
+    check_cache_case(report, 50, 4, 128, 5, dtype);
+  }
   try {  // a slot past the cache is refused
     torch::Tensor cache = torch::zeros({1, 4, 1, 8});
     torch::Tensor rows = torch::zeros({1, 1, 8});
