@@ -34,6 +34,7 @@ class ModelConfig:
     served_model_name: str = ""
     trust_remote_code: bool = False
     enforce_eager: bool = False  # never record decode steps into graphs
+    batch_invariant: bool = False  # VLLM_BATCH_INVARIANT (vllm/batch_invariant.py)
 
     @property
     def num_layers(self) -> int:

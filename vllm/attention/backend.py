@@ -1,6 +1,8 @@
 """Contracts every attention backend implements."""
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -24,6 +26,24 @@ class CommonAttentionMetadata:
     def num_reqs(self) -> int:
         return len(self.seq_lens_list)
 
+    @functools.cached_property
+    def per_token(self) -> "PerTokenView":
+        """Each scheduled token as a sequence of its own, ending at that token."""
+        query_lens = self.query_start_loc[1:] - self.query_start_loc[:-1]  # (B,)
+        request = torch.repeat_interleave(
+            torch.arange(self.num_reqs, device=query_lens.device), query_lens)  # (T,)
+        token = torch.arange(request.shape[0], device=query_lens.device)  # (T,)
+        tokens_after = self.query_start_loc[1:].long()[request] - 1 - token  # (T,)
+        seq_lens = self.seq_lens.long()[request] - tokens_after  # (T,)
+        return PerTokenView(self.block_table.index_select(0, request),
+                            seq_lens.to(self.seq_lens.dtype))
+
+
+class PerTokenView(NamedTuple):
+    """Per-token block-table rows and context lengths (the token itself included)."""
+    block_table: torch.Tensor  # (T, max_blocks_per_seq) int32
+    seq_lens: torch.Tensor  # (T,) int32
+
 
 class AttentionImpl(ABC):
     """Computes attention for one layer and writes the new tokens' K/V into the cache."""
@@ -38,6 +58,11 @@ class AttentionImpl(ABC):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: torch.Tensor, metadata) -> torch.Tensor:
         """q: (T, H, D); k, v: (T, KVH, D); returns (T, H, D)."""
+
+    def make_batch_invariant(self) -> None:
+        """From now on compute every query token in one fixed order, whatever else is in
+        the batch and whether its context was computed in this step (VLLM_BATCH_INVARIANT)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batch-invariant path")
 
 
 class AttentionBackend(ABC):

@@ -3,6 +3,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from vllm.batch_invariant import batch_invariant_requested
 from vllm.config import (CacheConfig, ConfigError, ModelConfig, ParallelConfig,
                          SchedulerConfig, VllmConfig, resolve_dtype)
 
@@ -50,12 +51,16 @@ class EngineArgs:
         _check_architecture(hf_config)
         _check_tensor_parallel_split(hf_config, self.tensor_parallel_size)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
+        dtype = resolve_dtype(self.dtype, current_platform.default_dtype())
+        batch_invariant = batch_invariant_requested()
+        if batch_invariant:
+            current_platform.batch_invariant_linear(dtype)  # ConfigError where unsupported
         model_config = ModelConfig(
-            model=source, tokenizer=tokenizer, hf_config=hf_config,
-            dtype=resolve_dtype(self.dtype, current_platform.default_dtype()),
+            model=source, tokenizer=tokenizer, hf_config=hf_config, dtype=dtype,
             max_model_len=max_model_len, seed=self.seed,
             served_model_name=self.served_model_name or model,
-            trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager)
+            trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager,
+            batch_invariant=batch_invariant)
         block_size = self.block_size or current_platform.default_block_size
         current_platform.check_block_size(block_size)
         cache_config = CacheConfig(block_size, self.enable_prefix_caching,

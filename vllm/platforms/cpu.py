@@ -58,6 +58,18 @@ class CpuPlatform(Platform):
             return None
         return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS
 
+    def batch_invariant_linear(self, dtype: torch.dtype):
+        from vllm.batch_invariant import BATCH_INVARIANT_ENV
+        from vllm.config import ConfigError
+        if dtype != torch.float32:
+            raise ConfigError(f"{BATCH_INVARIANT_ENV}=1 needs --dtype float32 on CPU "
+                              f"(the fixed-order kernels are float32), got {dtype}")
+        ops = kernel_ops()
+        if ops is None or not hasattr(ops, "dense_linear"):
+            raise ConfigError(f"{BATCH_INVARIANT_ENV}=1 needs the CPU kernels (vllm._C_<isa> "
+                              "with dense_linear); rebuild with pip install -e .")
+        return ops.dense_linear
+
     def create_pair_group(self, store, rank: int, world_size: int, timeout: timedelta,
                           host: Optional[str] = None):
         import torch.distributed as dist

@@ -74,5 +74,14 @@ class Platform:
         float32 x of at most `max tokens` rows with W in GGUF blocks, or None."""
         return None
 
+    # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------
+    def batch_invariant_linear(self, dtype: torch.dtype) -> Callable:
+        """An op `op(out, x, weight, bias)` computing x W^T + b whose every output row is bit
+        for bit the same whatever the other rows of x; raises vllm.config.ConfigError where
+        this platform has none for `dtype`."""
+        from vllm.batch_invariant import BATCH_INVARIANT_ENV
+        from vllm.config import ConfigError
+        raise ConfigError(f"{BATCH_INVARIANT_ENV}=1 is supported on CPU only, not on {self.name}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

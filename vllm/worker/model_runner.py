@@ -33,7 +33,8 @@ class ModelRunner:
     def load_model(self) -> None:
         from vllm.model_executor.model_loader import get_model
         cfg = self.model_config
-        self.model = get_model(cfg.model, cfg.hf_config, cfg.dtype, self.device)
+        self.model = get_model(cfg.model, cfg.hf_config, cfg.dtype, self.device,
+                               batch_invariant=cfg.batch_invariant)
 
     def attention_layers(self) -> dict[str, Attention]:
         return {module.layer_name: module for module in self.model.modules()

@@ -1,4 +1,5 @@
-"""CPU attention: SDPA for prefills, an in-place paged kernel for decodes."""
+"""CPU attention: SDPA for prefills, an in-place paged kernel for decodes (and for every
+token in batch-invariant mode)."""
 import torch
 
 from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
@@ -7,6 +8,10 @@ from vllm.attention.ops.paged_attention import paged_attention_decode, reshape_a
 
 
 class CPUAttentionImpl(AttentionImpl):
+    batch_invariant = False
+
+    def make_batch_invariant(self) -> None:
+        self.batch_invariant = True
 
     def forward(self, q, k, v, kv_cache, md: CommonAttentionMetadata):
         key_cache, value_cache = kv_cache[0], kv_cache[1]
@@ -14,6 +19,12 @@ class CPUAttentionImpl(AttentionImpl):
         reshape_and_cache(k[:num_tokens], v[:num_tokens], key_cache, value_cache,
                           md.slot_mapping)
         out = torch.empty_like(q)  # (T, H, D)
+        if self.batch_invariant:
+            # The decode kernel's order over a token's context depends on nothing else.
+            view = md.per_token
+            paged_attention_decode(out[:num_tokens], q[:num_tokens], key_cache, value_cache,
+                                   view.block_table, view.seq_lens, self.scale)
+            return out
         num_decodes = md.num_decodes
         if num_decodes:
             paged_attention_decode(out[:num_decodes], q[:num_decodes], key_cache, value_cache,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from vllm.logger import init_logger
+from vllm.model_executor.layers.invariant_kernels import make_batch_invariant
 from vllm.model_executor.model_loader.gguf_block_weights import attach_gguf_blocks
 from vllm.model_executor.model_loader.gguf_weights import iterate_gguf
 from vllm.model_executor.model_loader.safetensors_weights import iterate_safetensors
@@ -18,11 +19,13 @@ logger = init_logger(__name__)
 
 
 def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
-              device: Union[str, torch.device] = "cpu") -> nn.Module:
+              device: Union[str, torch.device] = "cpu",
+              batch_invariant: bool = False) -> nn.Module:
     """Build the model `hf_config.architectures` names and load its weights.
 
     `model_path` is a Hugging Face folder with *.safetensors files or a .gguf file.
-    The model is returned in eval mode with gradients disabled.
+    The model is returned in eval mode with gradients disabled; with `batch_invariant`
+    its layers run the platform's fixed-order kernels (vllm/batch_invariant.py).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -36,6 +39,10 @@ def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
             packed = attach_gguf_blocks(model, model_path, current_platform.gguf_block_kernel())
             if packed:
                 logger.info("%d layers multiply small batches on their GGUF blocks", packed)
+        if batch_invariant:
+            switched = make_batch_invariant(model, current_platform.batch_invariant_linear(dtype))
+            logger.info("batch-invariant mode: %d linear layers and attention on fixed-order "
+                        "kernels at every batch size", switched)
     model.requires_grad_(False)
     return model.eval()
 
