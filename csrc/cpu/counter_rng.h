@@ -5,8 +5,9 @@
 // generators", OOPSLA 2014): the k-th output of a stream started at `state` is
 // mix64(state + k * kGolden), so any output is computed directly from its index.
 //   stream(seed, position) = output position + 1 of the stream started at seed
-//   bits(stream, i)        = output i + 1 of the stream started at stream
-//   uniform                = the top 24 bits, as an odd multiple of 2^-24: in (0, 1), never 0 or 1
+//   word(stream, k)        = output k + 1 of the stream started at stream
+//   token 2k, 2k + 1       = the top 24 bits of word k's high, low 32-bit half, as an odd
+//                            multiple of 2^-24: a uniform in (0, 1), never 0 or 1
 // All arithmetic is on 64-bit words modulo 2^64 (seeds and positions as two's complement),
 // so the PyTorch version (vllm/sample/counter_rng.py) gives the same bits from int64 tensors.
 #pragma once
@@ -35,14 +36,24 @@ inline uint64_t token_stream(int64_t seed, int64_t position) {
   return splitmix64_at(static_cast<uint64_t>(seed), static_cast<uint64_t>(position) + 1);
 }
 
-// (2 * (bits >> 41) + 1) / 2^24: exact in float32, in [2^-24, 1 - 2^-24].
-inline float open_uniform(uint64_t bits) {
-  return static_cast<float>(static_cast<int32_t>((bits >> 40) | 1u)) * 0x1p-24f;
+// Word k of a draw's stream: the bits of tokens 2k and 2k + 1.
+inline uint64_t pair_word(uint64_t stream, int64_t pair) {
+  return splitmix64_at(stream, static_cast<uint64_t>(pair) + 1);
 }
 
-// The uniform of token `token` in the draw whose stream is `stream`.
+// (2 * (half >> 9) + 1) / 2^24: exact in float32, in [2^-24, 1 - 2^-24].
+inline float half_uniform(uint32_t half) {
+  return static_cast<float>(static_cast<int32_t>((half >> 8) | 1u)) * 0x1p-24f;
+}
+
+inline float high_uniform(uint64_t word) { return half_uniform(static_cast<uint32_t>(word >> 32)); }
+inline float low_uniform(uint64_t word) { return half_uniform(static_cast<uint32_t>(word)); }
+
+// The uniform of token `token` (>= 0) in the draw whose stream is `stream`.
 inline float token_uniform(uint64_t stream, int64_t token) {
-  return open_uniform(splitmix64_at(stream, static_cast<uint64_t>(token) + 1));
+  const uint64_t index = static_cast<uint64_t>(token);
+  const uint64_t word = splitmix64_at(stream, (index >> 1) + 1);
+  return index & 1 ? low_uniform(word) : high_uniform(word);
 }
 
 }  // namespace vllm_cpu::rng

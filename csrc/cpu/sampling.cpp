@@ -38,6 +38,9 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNoiseMax = 16.7f;
 constexpr float kNoiseMin = -2.9f;
 constexpr int64_t kBlock = 512;            // tokens whose candidates get noise together
+static_assert(kBlock % 2 == 0, "blocks must start on a word (two tokens)");
+constexpr int64_t kChunk = 32;             // tokens counted at once when listing candidates
+constexpr int64_t kDenseShare = 4;         // blocks with >= 1/4 candidates are raced whole
 constexpr int64_t kMinSliceTokens = 4096;  // the smallest vocabulary slice worth a thread
 
 // log(x) for a positive normal float, within 4 ulp. x = 2^e m with m in [sqrt(1/2),
@@ -74,23 +77,54 @@ float largest(const float* z, int64_t n) {
   return m;
 }
 
-// Offsets i < count with z[i] + kNoiseMax >= floor, in increasing order; returns how many.
-int64_t find_candidates(const float* z, int64_t count, float floor, int32_t* offsets) {
-  int64_t n = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    offsets[n] = static_cast<int32_t>(i);
-    n += z[i] + kNoiseMax >= floor;
-  }
-  return n;
+// How many of z[0..n) may win against a best key of at least `floor`.
+int32_t count_candidates(const float* z, int64_t n, float floor) {
+  int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t i = 0; i < n; ++i) count += z[i] + kNoiseMax >= floor;
+  return count;
 }
 
-// noise[j] = the Gumbel noise of token start + offsets[j].
-void draw_noise(uint64_t stream, int64_t start, const int32_t* offsets, int64_t n,
-                float* noise) {
+// The offsets i < n of those candidates, in increasing order; returns how many. Chunks
+// without one are passed over after a vectorised count.
+int64_t find_candidates(const float* z, int64_t n, float floor, int32_t* offsets) {
+  int64_t found = 0;
+  for (int64_t chunk = 0; chunk < n; chunk += kChunk) {
+    const int64_t size = std::min(kChunk, n - chunk);
+    if (count_candidates(z + chunk, size, floor) == 0) continue;
+    for (int64_t i = chunk; i < chunk + size; ++i) {
+      offsets[found] = static_cast<int32_t>(i);
+      found += z[i] + kNoiseMax >= floor;
+    }
+  }
+  return found;
+}
+
+// keys[j] = z[j] + the noise of token start + j for j < n, -inf for NaN logits; start is
+// even and keys has room for n rounded up to even. (Two loops: each vectorises better
+// alone; the first takes two tokens per word.)
+void race_keys_dense(const float* z, uint64_t stream, int64_t start, int64_t n,
+                     float* keys) {
+#pragma omp simd
+  for (int64_t k = 0; k < (n + 1) / 2; ++k) {
+    const uint64_t word = rng::pair_word(stream, start / 2 + k);
+    keys[2 * k] = rng::high_uniform(word);
+    keys[2 * k + 1] = rng::low_uniform(word);
+  }
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
-    noise[j] = gumbel_noise(rng::token_uniform(stream, start + offsets[j]));
+    const float key = z[j] + gumbel_noise(keys[j]);
+    keys[j] = std::isnan(key) ? -kInf : key;
   }
+}
+
+// keys[j] = z[offsets[j]] + the noise of token start + offsets[j], for j < n.
+void race_keys_sparse(const float* z, uint64_t stream, int64_t start, const int32_t* offsets,
+                      int64_t n, float* keys) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) keys[j] = rng::token_uniform(stream, start + offsets[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) keys[j] = z[offsets[j]] + gumbel_noise(keys[j]);
 }
 
 struct Winner {
@@ -98,21 +132,39 @@ struct Winner {
   int64_t token = -1;  // none yet: no key above -inf
 };
 
-// The race among tokens [begin, end) of one row of logits.
+// Takes the first of keys[0..n) (none NaN) when it beats `best`. offsets == nullptr: key j
+// is token start + j.
+void update_winner(const float* keys, int64_t n, int64_t start, const int32_t* offsets,
+                   Winner& best) {
+  const float top = largest(keys, n);
+  if (!(top > best.key)) return;
+  const int64_t j = std::find(keys, keys + n, top) - keys;
+  best = {top, start + (offsets ? offsets[j] : j)};
+}
+
+// The race among tokens [begin, end) (begin even) of one row of logits, a block at a
+// time: blocks without candidates cost two vectorised passes, blocks with few get their
+// list, the others are raced whole (keys of tokens that cannot win do no harm). The best
+// key so far, once above the floor, prunes the blocks after it.
 Winner race_slice(const float* logits, int64_t begin, int64_t end, uint64_t stream) {
   const float top = largest(logits + begin, end - begin);
-  const float floor = std::isnan(top) ? -kInf : top + kNoiseMin;  // NaN: no pruning
+  float floor = std::isnan(top) ? -kInf : top + kNoiseMin;  // NaN: no pruning
   Winner best;
   int32_t offsets[kBlock];
-  float noise[kBlock];
+  float keys[kBlock];
   for (int64_t start = begin; start < end; start += kBlock) {
-    const int64_t n = find_candidates(logits + start, std::min(kBlock, end - start), floor,
-                                      offsets);
-    draw_noise(stream, start, offsets, n, noise);
-    for (int64_t j = 0; j < n; ++j) {
-      const float key = logits[start + offsets[j]] + noise[j];
-      if (key > best.key) best = {key, start + offsets[j]};  // NaN never wins
+    const float* z = logits + start;
+    const int64_t size = std::min(kBlock, end - start);
+    const int64_t count = count_candidates(z, size, floor);
+    if (count * kDenseShare >= size) {
+      race_keys_dense(z, stream, start, size, keys);
+      update_winner(keys, size, start, nullptr, best);
+    } else if (count > 0) {
+      const int64_t n = find_candidates(z, size, floor, offsets);
+      race_keys_sparse(z, stream, start, offsets, n, keys);
+      update_winner(keys, n, start, offsets, best);
     }
+    floor = std::max(floor, best.key);
   }
   return best;
 }
@@ -123,6 +175,11 @@ int64_t slices_per_row(int64_t rows, int64_t vocab) {
   if (rows >= threads) return 1;
   const int64_t wanted = (threads + rows - 1) / rows;
   return std::max<int64_t>(1, std::min(wanted, vocab / kMinSliceTokens));
+}
+
+// Where slice `slice` of `slices` starts: even, so that its blocks begin on a word.
+int64_t slice_start(int64_t vocab, int64_t slice, int64_t slices) {
+  return slice == slices ? vocab : vocab * slice / slices / 2 * 2;
 }
 
 void check_row_values(const torch::Tensor& t, const char* name, int64_t rows) {
@@ -159,8 +216,8 @@ void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
     for (int64_t item = first; item < last; ++item) {
       const int64_t row = item / slices;
       const int64_t slice = item % slices;
-      winners[item] = race_slice(base + row * row_stride, vocab * slice / slices,
-                                 vocab * (slice + 1) / slices,
+      winners[item] = race_slice(base + row * row_stride, slice_start(vocab, slice, slices),
+                                 slice_start(vocab, slice + 1, slices),
                                  rng::token_stream(seed[row], position[row]));
     }
   });

@@ -38,12 +38,13 @@ def test_mix64_matches_python_integers_on_edge_and_random_words():
 def test_uniforms_follow_the_documented_formula():
     seeds = torch.tensor([0, 7, -5, 2**63 - 1], dtype=torch.int64)  # (B,)
     positions = torch.tensor([0, 3, 1000, 2**40], dtype=torch.int64)  # (B,)
-    uniforms = token_uniforms(token_streams(seeds, positions), 50)  # (B, V)
+    uniforms = token_uniforms(token_streams(seeds, positions), 51)  # (B, V)
     for row, (seed, position) in enumerate(zip(seeds.tolist(), positions.tolist())):
         stream = mix64_exact(as_word(as_word(seed) + (position + 1) * GOLDEN))
-        for token in (0, 1, 49):
-            bits = mix64_exact(as_word(stream + (token + 1) * GOLDEN))
-            assert uniforms[row, token].item() == (2 * (bits >> 41) + 1) / 2**24
+        for token in (0, 1, 2, 49, 50):
+            word = mix64_exact(as_word(stream + (token // 2 + 1) * GOLDEN))
+            half = word >> 32 if token % 2 == 0 else word & 0xFFFFFFFF
+            assert uniforms[row, token].item() == (2 * (half >> 9) + 1) / 2**24
 
 
 def test_uniforms_are_strictly_inside_the_unit_interval_and_look_uniform():

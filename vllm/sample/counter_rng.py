@@ -3,9 +3,10 @@ pure function of (seed, position, token), so nothing is stored or advanced betwe
 
 It is splitmix64 (Steele, Lea and Flood, OOPSLA 2014) addressed by index: output k of the
 stream started at ``state`` is ``mix64(state + k * GOLDEN)``. A draw's stream is output
-``position + 1`` of the stream started at ``seed``; token i's 64 bits are output ``i + 1`` of
-that stream, and its uniform is ``(2 * (bits >> 41) + 1) / 2**24``, exact in float32 and
-strictly inside (0, 1). The C++ kernels compute the same words (csrc/cpu/counter_rng.h).
+``position + 1`` of the stream started at ``seed``; its word k is output ``k + 1`` of that
+stream and gives tokens 2k and 2k + 1 the top 24 bits of its high and low 32-bit halves,
+as ``(2 * (bits >> 1) + 1) / 2**24`` (24 bits): exact in float32 and strictly inside
+(0, 1). The C++ kernels compute the same words (csrc/cpu/counter_rng.h).
 
 int64 tensors stand for 64-bit words: addition and multiplication wrap modulo 2**64 as
 two's complement, so only right shifts need care (they sign-extend; the masks below make
@@ -52,7 +53,10 @@ def token_streams(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def token_uniforms(streams: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(B, V) float32 uniforms in (0, 1) of every token of each row's draw."""
-    counters = torch.arange(1, vocab_size + 1, dtype=torch.int64, device=streams.device)  # (V,)
-    words = splitmix64_at(streams[:, None], counters[None, :])  # (B, V)
-    odd = _shift_right(words, 64 - _UNIFORM_BITS) | 1  # (B, V), odd integers < 2**24
-    return odd.float() * 2.0**-_UNIFORM_BITS  # (B, V), exact
+    num_words = (vocab_size + 1) // 2
+    counters = torch.arange(1, num_words + 1, dtype=torch.int64, device=streams.device)  # (W,)
+    words = splitmix64_at(streams[:, None], counters[None, :])  # (B, W)
+    high = _shift_right(words, 64 - _UNIFORM_BITS)  # (B, W), bits 63..40
+    low = (words >> (32 - _UNIFORM_BITS)) & ((1 << _UNIFORM_BITS) - 1)  # (B, W), bits 31..8
+    bits = torch.stack([high, low], dim=-1).flatten(1)[:, :vocab_size]  # (B, V), even: high
+    return (bits | 1).float() * 2.0**-_UNIFORM_BITS  # (B, V), odd integers < 2**24: exact
