@@ -141,6 +141,22 @@ def test_rows_without_a_candidate_take_token_0_and_infinities_win(race):
 
 @needs_kernel
 @pytest.mark.parametrize("isa", KERNEL_ISAS)
+def test_kernel_tokens_do_not_depend_on_the_thread_count(isa):
+    logits, seeds, positions = random_inputs(4, 49151, seed=8, scale=0.5)  # an odd width
+    threads = torch.get_num_threads()
+    draws = []
+    try:
+        for count in (1, 2, 3, 5):  # one row: as many vocabulary slices as threads
+            torch.set_num_threads(count)
+            draws.append([kernel_race(isa, logits[i:i + 1], seeds[i:i + 1], positions[i:i + 1])
+                          .item() for i in range(4)])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(tokens == draws[0] for tokens in draws)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", KERNEL_ISAS)
 def test_kernel_accepts_strided_rows_and_rejects_bad_shapes(isa):
     logits, seeds, positions = random_inputs(6, 9000, seed=5)
     wide = torch.zeros(6, 9100)  # (B, V + 100)
