@@ -43,6 +43,18 @@ void gguf_linear(torch::Tensor& out, const torch::Tensor& x,
                  const torch::Tensor& weight_blocks, int64_t qtype,
                  const std::optional<torch::Tensor>& bias);
 
+// Samples one token per row by an exponential race (Gumbel-max) over counter-based noise.
+//   out:       (rows,) int64, contiguous
+//   logits:    (rows, vocab) float32, vocab > 0, last dim contiguous (need not sum to
+//              anything: log-probabilities up to a constant per row)
+//   seeds, positions: (rows,) int64, contiguous; any values (used as 64-bit words)
+// out[r] is the lowest index among the largest keys logits[r, i] - log(-log(u_i)), u_i the
+// uniform of (seeds[r], positions[r], i) in counter_rng.h: token i with probability
+// softmax(logits[r])_i. NaN logits never win; a row without a key above -inf gets 0; +inf
+// logits beat every finite one (the first of them wins).
+void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
+                             const torch::Tensor& seeds, const torch::Tensor& positions);
+
 // float32 GFLOP/s of `iterations` rounds of independent FMA chains on every
 // thread of at::get_num_threads(), in this build's widest registers.
 double fma_peak_gflops(int64_t iterations);

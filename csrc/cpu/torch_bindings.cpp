@@ -33,6 +33,10 @@ TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
       "gguf_linear(Tensor(a!) out, Tensor x, Tensor weight_blocks, int qtype, "
       "Tensor? bias) -> ()");
   ops.impl("gguf_linear", torch::kCPU, &gguf_linear);
+  ops.def(
+      "exponential_race_sample(Tensor(a!) out, Tensor logits, Tensor seeds, "
+      "Tensor positions) -> ()");
+  ops.impl("exponential_race_sample", torch::kCPU, &exponential_race_sample);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -13,10 +13,9 @@ def fixed_global_seed():
 def build_metadata():
     """Build SamplingMetadata with empty token histories unless given."""
 
-    def build(params, vocab_size, prompts=None, outputs=None, seeds=None, eos=None):
+    def build(params, vocab_size, prompts=None, outputs=None, eos=None):
         prompts = prompts if prompts is not None else [[] for _ in params]
         outputs = outputs if outputs is not None else [[] for _ in params]
-        generators = {row: torch.Generator().manual_seed(s) for row, s in (seeds or {}).items()}
-        return SamplingMetadata.build(params, prompts, outputs, generators, vocab_size, eos)
+        return SamplingMetadata.build(params, prompts, outputs, vocab_size, eos)
 
     return build

@@ -1,7 +1,7 @@
 """Property tests: the Sampler against a float64 reference, over every accepted value."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -251,19 +251,19 @@ def batches(draw, max_vocab: int = 8, max_rows: int = 3, **row_strategies):
 
 
 def run_sampler(batch: list[Row], dtype: torch.dtype, steps: int = 1) -> list[list[int]]:
-    """Sample ``steps`` times; each seeded row gets a fresh generator from its seed."""
+    """Sample ``steps`` times from the same logits; step s draws at each row's position + s
+    (what a later step of the engine would use), so seeded rows draw afresh each step."""
     logits = torch.tensor([row.raw for row in batch], dtype=torch.float32).to(dtype)  # (B, V)
-    generators = {
-        i: torch.Generator().manual_seed(row.params.seed)
-        for i, row in enumerate(batch)
-        if row.params.seed is not None
-    }
     metadata = SamplingMetadata.build(
         [row.params for row in batch], [row.prompt for row in batch],
-        [row.output for row in batch], generators, len(batch[0].raw), batch[0].eos,
+        [row.output for row in batch], len(batch[0].raw), batch[0].eos,
     )
     sampler = Sampler()
-    return [sampler(logits, metadata).sampled_token_ids.tolist() for _ in range(steps)]
+    return [
+        sampler(logits, replace(metadata, positions=metadata.positions + step))
+        .sampled_token_ids.tolist()
+        for step in range(steps)
+    ]
 
 
 def _copy(row: Row, **params) -> Row:
@@ -402,7 +402,7 @@ def test_issue_13_request_samples_inside_the_vocabulary(build_metadata, dtype, p
                             repetition_penalty=5e-324, seed=0)
     logits = torch.randn(1, vocab)  # (B, V)
     logits[0, REQUEST_TOKEN] = prompt_logit
-    metadata = build_metadata([params], vocab, prompts=[[REQUEST_TOKEN]], seeds={0: 0})
+    metadata = build_metadata([params], vocab, prompts=[[REQUEST_TOKEN]])
     token = Sampler()(logits.to(dtype), metadata).sampled_token_ids.item()
     # 2 / 5e-324 is +inf, the top token; -2 * 5e-324 is -0, so the argmax of the rest wins
     penalised = logits.to(dtype).float()
@@ -431,7 +431,7 @@ def test_rows_with_nothing_left_fall_back_to_the_raw_argmax(build_metadata):
     params = [SamplingParams(min_tokens=1, stop_token_ids=[0, 2], logit_bias={1: -100.0},
                              repetition_penalty=1e308, seed=1),
               SamplingParams(temperature=0.0)]
-    metadata = build_metadata(params, 3, prompts=[[1], []], seeds={0: 1}, eos=1)
+    metadata = build_metadata(params, 3, prompts=[[1], []], eos=1)
     assert Sampler()(logits, metadata).sampled_token_ids.tolist() == [1, 0]
 
 

@@ -15,7 +15,7 @@ def test_plain_batches_carry_no_optional_tensors(build_metadata):
     optional = [
         "top_p", "top_k", "min_p", "repetition_penalties", "seen_token_mask",
         "frequency_penalties", "presence_penalties", "output_token_counts",
-        "min_tokens_edits", "logit_bias_edits", "max_num_logprobs",
+        "min_tokens_edits", "logit_bias_edits", "max_num_logprobs", "seeds", "is_seeded",
     ]
     assert all(getattr(metadata, name) is None for name in optional)
     assert metadata.temperature.tolist() == pytest.approx([1.0, 0.7])
@@ -63,19 +63,22 @@ def test_max_num_logprobs_is_the_largest_request(build_metadata):
 
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="same length"):
-        SamplingMetadata.build([SamplingParams()], [[1]], [], {}, VOCAB, None)
+        SamplingMetadata.build([SamplingParams()], [[1]], [], VOCAB, None)
 
 
-def test_seeded_row_without_generator_is_rejected():
-    with pytest.raises(ValueError, match="row 1 has seed 9"):
-        SamplingMetadata.build(
-            [SamplingParams(), SamplingParams(seed=9)], [[], []], [[], []], {}, VOCAB, None
-        )
+def test_seeds_and_positions_per_row(build_metadata):
+    params = [SamplingParams(seed=9), SamplingParams(), SamplingParams(temperature=0.0, seed=4),
+              SamplingParams(seed=-3)]
+    metadata = build_metadata(params, VOCAB, outputs=[[1, 2], [], [3], [4, 5, 6]])
+    assert metadata.positions.tolist() == [2, 0, 1, 3]
+    assert metadata.is_seeded.tolist() == [True, False, False, True]  # greedy ignores its seed
+    assert metadata.seeds.tolist() == [9, 0, 0, -3]
 
 
-def test_generator_outside_the_batch_is_rejected():
-    with pytest.raises(ValueError, match="generator row 3"):
-        SamplingMetadata.build([SamplingParams()], [[]], [[]], {3: torch.Generator()}, VOCAB, None)
+def test_no_seed_tensors_without_seeded_rows(build_metadata):
+    metadata = build_metadata([SamplingParams(), SamplingParams(temperature=0.0)], VOCAB)
+    assert metadata.seeds is None and metadata.is_seeded is None
+    assert metadata.positions.tolist() == [0, 0]
 
 
 def test_logit_bias_outside_the_vocabulary_is_rejected(build_metadata):

@@ -1,6 +1,6 @@
 """Batched sampling tensors for one engine step."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -21,10 +21,12 @@ class SamplingMetadata:
     is_greedy: torch.Tensor  # (B,) bool
     all_greedy: bool
     all_random: bool
+    positions: torch.Tensor  # (B,) int64, output tokens so far: the index of this draw
     top_p: torch.Tensor | None = None  # (B,) float32, 1.0 where disabled
     top_k: torch.Tensor | None = None  # (B,) int64, vocab_size where disabled
     min_p: torch.Tensor | None = None  # (B,) float32
-    generators: dict[int, torch.Generator] = field(default_factory=dict)
+    seeds: torch.Tensor | None = None  # (B,) int64, the request's seed, 0 on unseeded rows
+    is_seeded: torch.Tensor | None = None  # (B,) bool
     repetition_penalties: torch.Tensor | None = None  # (B,) float32
     seen_token_mask: torch.Tensor | None = None  # (B, V) bool, in prompt or output
     frequency_penalties: torch.Tensor | None = None  # (B,) float32
@@ -40,13 +42,11 @@ class SamplingMetadata:
         params: Sequence[SamplingParams],
         prompt_token_ids: Sequence[Sequence[int]],
         output_token_ids: Sequence[Sequence[int]],
-        generators: dict[int, torch.Generator],
         vocab_size: int,
         eos_token_id: int | None,
     ) -> "SamplingMetadata":
-        """Batch the rows' parameters; ``generators[i]`` belongs to row i and
-        every RANDOM_SEED row must have one."""
-        _check_batch(params, prompt_token_ids, output_token_ids, generators)
+        """Batch the rows' parameters; a seeded row draws at position len(output_token_ids[i])."""
+        _check_batch(params, prompt_token_ids, output_token_ids)
         greedy = [p.sampling_type == SamplingType.GREEDY for p in params]
         temperatures = [1.0 if g else p.temperature for g, p in zip(greedy, params)]
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
@@ -55,7 +55,8 @@ class SamplingMetadata:
             is_greedy=torch.tensor(greedy, dtype=torch.bool),  # (B,)
             all_greedy=all(greedy),
             all_random=not any(greedy),
-            generators=dict(generators),
+            positions=torch.tensor([len(o) for o in output_token_ids], dtype=torch.int64),  # (B,)
+            **_seed_fields(params),
             **_filter_fields(params, vocab_size),
             **_penalty_fields(params, prompt_token_ids, output_token_ids, vocab_size),
             min_tokens_edits=_min_tokens_edits(params, output_token_ids, vocab_size, eos_token_id),
@@ -68,19 +69,12 @@ def _check_batch(
     params: Sequence[SamplingParams],
     prompt_token_ids: Sequence[Sequence[int]],
     output_token_ids: Sequence[Sequence[int]],
-    generators: dict[int, torch.Generator],
 ) -> None:
     if not len(params) == len(prompt_token_ids) == len(output_token_ids):
         raise ValueError(
             f"params, prompt_token_ids and output_token_ids must have the same length, got "
             f"{len(params)}, {len(prompt_token_ids)} and {len(output_token_ids)}."
         )
-    for row in generators:
-        if not 0 <= row < len(params):
-            raise ValueError(f"generator row {row} is outside the batch of {len(params)}.")
-    for row, p in enumerate(params):
-        if p.sampling_type == SamplingType.RANDOM_SEED and row not in generators:
-            raise ValueError(f"row {row} has seed {p.seed} but no generator.")
 
 
 def _optional_tensor(
@@ -89,6 +83,17 @@ def _optional_tensor(
     if all(value == disabled for value in values):
         return None
     return torch.tensor(values, dtype=dtype)  # (B,)
+
+
+def _seed_fields(params: Sequence[SamplingParams]) -> dict[str, Any]:
+    seeded = [p.sampling_type == SamplingType.RANDOM_SEED for p in params]
+    if not any(seeded):
+        return {}
+    return dict(
+        seeds=torch.tensor([p.seed if s else 0 for s, p in zip(seeded, params)],
+                           dtype=torch.int64),  # (B,)
+        is_seeded=torch.tensor(seeded, dtype=torch.bool),  # (B,)
+    )
 
 
 def _filter_fields(params: Sequence[SamplingParams], vocab_size: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from vllm.platforms import current_platform
 from vllm.sample.metadata import SamplingMetadata
 from vllm.sample.sampler import Sampler
 from vllm.worker.batch_inputs import BatchInputs, build_batch_inputs
-from vllm.worker.request_state import CachedRequestState, make_generator
+from vllm.worker.request_state import CachedRequestState
 
 
 class ModelRunner:
@@ -99,9 +99,7 @@ class ModelRunner:
             states = [self.requests[r] for r in batch.sampling_req_ids]
             metadata = SamplingMetadata.build(
                 [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
-                [s.output_token_ids for s in states],
-                {i: s.generator for i, s in enumerate(states) if s.generator is not None},
-                logits.shape[-1], self.eos_token_id)
+                [s.output_token_ids for s in states], logits.shape[-1], self.eos_token_id)
             output = self.sampler(logits, metadata)
             token_ids = output.sampled_token_ids.tolist()
             for i, state in enumerate(states):
@@ -122,8 +120,7 @@ class ModelRunner:
                 req_id=new.req_id, prompt_token_ids=new.prompt_token_ids,
                 sampling_params=new.sampling_params, block_ids=list(new.block_ids),
                 num_computed_tokens=new.num_computed_tokens,
-                output_token_ids=list(new.output_token_ids),
-                generator=make_generator(new.sampling_params.seed))
+                output_token_ids=list(new.output_token_ids))
         for cached in scheduler_output.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.resumed_from_preemption:

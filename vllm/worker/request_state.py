@@ -1,8 +1,5 @@
 """What a worker remembers about each request between steps."""
 from dataclasses import dataclass, field
-from typing import Optional
-
-import torch
 
 from vllm.sampling_params import SamplingParams
 
@@ -15,7 +12,6 @@ class CachedRequestState:
     block_ids: list[int]
     num_computed_tokens: int
     output_token_ids: list[int] = field(default_factory=list)
-    generator: Optional[torch.Generator] = None
 
     @property
     def num_tokens(self) -> int:
@@ -28,11 +24,3 @@ class CachedRequestState:
         if start >= num_prompt:
             return self.output_token_ids[start - num_prompt:end - num_prompt]
         return self.prompt_token_ids[start:] + self.output_token_ids[:end - num_prompt]
-
-
-def make_generator(seed: Optional[int]) -> Optional[torch.Generator]:
-    if seed is None:
-        return None
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator

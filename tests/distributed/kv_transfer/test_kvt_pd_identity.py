@@ -38,8 +38,8 @@ def pd():
     # Float32 GEMM everywhere: the consumer computes a prompt's last token in a decode-sized
     # batch, which would go through the GGUF-block kernel, while the colocated reference
     # computes it in a prefill-sized one; the two sum in different orders, and seeded
-    # sampling (an inverse CDF over 49k tokens) can flip on a last-bit difference. Here the
-    # tokens must be equal because the KV is; tests/disagg run PD with the kernel on.
+    # sampling (a race of 49k keys) can still flip on a last-bit difference, if rarely. Here
+    # the tokens must be equal because the KV is; tests/disagg run PD with the kernel on.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VLLM_CPU_GGUF_KERNELS", "0")
         setup = Setup()
