@@ -2,8 +2,8 @@
 query heads), and the tokens are still those of one rank."""
 import pytest
 
-from tp_helpers import (DEMO_GREEDY, DEMO_PROMPTS, DEMO_SEEDED, GREEDY, SEEDED, executor_of,
-                        make_tp_llm, token_ids, wait_until_gone)
+from tp_helpers import (DEMO_GREEDY, DEMO_PROMPTS, DEMO_SEEDED, GREEDY, SEEDED,
+                        assert_same_answers, executor_of, make_tp_llm, wait_until_gone)
 
 HEAD_DIM = 16  # the tiny model: hidden 96 over 6 heads
 
@@ -13,8 +13,8 @@ def test_tiny_qwen2_on_two_ranks(uneven_qwen2, demo_model_dir, uneven_reference)
     executor = executor_of(llm)
     pids = list(executor.worker_pids)
     try:
-        assert token_ids(llm, GREEDY) == uneven_reference["greedy"]
-        assert token_ids(llm, SEEDED) == uneven_reference["seeded"]
+        assert_same_answers(llm, GREEDY, uneven_reference["greedy"])
+        assert_same_answers(llm, SEEDED, uneven_reference["seeded"])
         shapes = executor.collective_rpc("parameter_shapes")
         qkv = [s["model.layers.0.self_attn.qkv_proj.weight"] for s in shapes]
         o_proj = [s["model.layers.0.self_attn.o_proj.weight"] for s in shapes]
@@ -33,8 +33,8 @@ def test_demo_model_on_two_ranks(demo_model_dir, demo_reference):
     llm = make_tp_llm(demo_model_dir, demo_model_dir, 2, num_gpu_blocks_override=128)
     executor = executor_of(llm)
     try:
-        assert token_ids(llm, DEMO_GREEDY, DEMO_PROMPTS) == demo_reference["greedy"]
-        assert token_ids(llm, DEMO_SEEDED, DEMO_PROMPTS) == demo_reference["seeded"]
+        assert_same_answers(llm, DEMO_GREEDY, demo_reference["greedy"], DEMO_PROMPTS)
+        assert_same_answers(llm, DEMO_SEEDED, demo_reference["seeded"], DEMO_PROMPTS)
         shapes = executor.collective_rpc("parameter_shapes")
         assert [s["model.layers.0.self_attn.qkv_proj.weight"] for s in shapes] \
             == [(640, 576), (320, 576)]
