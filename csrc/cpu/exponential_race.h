@@ -38,6 +38,7 @@ constexpr int64_t kBlock = 512;            // tokens whose candidates get noise 
 static_assert(kBlock % 2 == 0, "blocks must start on a word (two tokens)");
 constexpr int64_t kChunk = 32;             // tokens counted at once when listing candidates
 constexpr int64_t kDenseShare = 4;         // blocks with >= 1/4 candidates are raced whole
+constexpr int64_t kMaxLanes = 32;          // independent running maxima in largest()
 
 // log(x) for a positive normal float, within 4 ulp. x = 2^e m with m in [sqrt(1/2),
 // sqrt(2)); log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.1716, summed to s^9
@@ -66,11 +67,18 @@ inline float log_positive(float x) {
 inline float gumbel_noise(float u) { return -log_positive(-log_positive(u)); }
 
 // The largest of z[0..n). With NaN among them the result is NaN or a number no larger
-// than the largest (vector max instructions differ); race_slice allows for both.
+// than the largest (vector max instructions differ); race_slice allows for both. Written
+// with kMaxLanes independent maxima, which the compiler turns into vector registers.
 inline float largest(const float* z, int64_t n) {
+  float lanes[kMaxLanes];
+  std::fill(lanes, lanes + kMaxLanes, -kInf);
+  const int64_t whole = n / kMaxLanes * kMaxLanes;
+  for (int64_t i = 0; i < whole; i += kMaxLanes) {
+    for (int64_t l = 0; l < kMaxLanes; ++l) lanes[l] = z[i + l] > lanes[l] ? z[i + l] : lanes[l];
+  }
   float m = -kInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, z[i]);
+  for (int64_t i = whole; i < n; ++i) m = z[i] > m ? z[i] : m;
+  for (int64_t l = 0; l < kMaxLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
