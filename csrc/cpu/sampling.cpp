@@ -1,173 +1,22 @@
-// Random sampling by an exponential race (Gumbel-max) over counter-based noise: one token
-// per row of float32 logits.
-//
-//   key_i = logit_i + g_i,   g_i = -log(-log(u_i)),   u_i = token i's uniform (counter_rng.h)
-//   token = the lowest index among the largest keys
-// -log(u_i) is Exp(1), so the race picks token i with probability softmax(logits)_i. Each
-// key depends on its own logit and noise only, so a last-bit change of a logit moves the
-// outcome only when two keys are that close; there is no cumulative sum whose rounding
-// shifts every boundary.
-//
-// Pruning: u lies in [2^-24, 1 - 2^-24], so every g lies in [kNoiseMin, kNoiseMax]. The
-// largest logit m has a key of at least fl(m + kNoiseMin); a token with
-// fl(logit + kNoiseMax) below that cannot win (rounded addition is monotonic), so its noise
-// is never computed and the result is that of the full race. Filtered (-inf) tokens and
-// the far tail then cost one comparison each.
-//
-// Work is split over rows and, when there are fewer rows than threads, over slices of the
-// vocabulary, whose winners are compared in order afterwards.
+// The exponential_race_sample op: one token per row of float32 logits by an exponential
+// race over counter-based noise (exponential_race.h). Work is split over rows and, when
+// there are fewer rows than threads, over slices of the vocabulary, whose winners are
+// compared in order afterwards: the tokens do not depend on the thread count.
 #include "ops.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
 #include <vector>
 
 #include "counter_rng.h"
-#include "vec_ops.h"
+#include "exponential_race.h"
 
-namespace vllm_cpu {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-// -log(-log(1 - 2^-24)) = 16.6355 and -log(-log(2^-24)) = -2.8115, with room for the
-// error of log_positive.
-constexpr float kNoiseMax = 16.7f;
-constexpr float kNoiseMin = -2.9f;
-constexpr int64_t kBlock = 512;            // tokens whose candidates get noise together
-static_assert(kBlock % 2 == 0, "blocks must start on a word (two tokens)");
-constexpr int64_t kChunk = 32;             // tokens counted at once when listing candidates
-constexpr int64_t kDenseShare = 4;         // blocks with >= 1/4 candidates are raced whole
+using vllm_cpu::race::Winner;
+
 constexpr int64_t kMinSliceTokens = 4096;  // the smallest vocabulary slice worth a thread
-
-// log(x) for a positive normal float, within 4 ulp. x = 2^e m with m in [sqrt(1/2),
-// sqrt(2)); log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.1716, summed to s^9
-// (the rest is below 2e-9 relative). Plain C++, so the loops calling it vectorise in
-// every build.
-inline float log_positive(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  const int32_t exponent = static_cast<int32_t>(bits - 0x3F3504F3u) >> 23;  // sqrt(1/2)
-  const uint32_t mantissa_bits = bits - (static_cast<uint32_t>(exponent) << 23);
-  float m;
-  std::memcpy(&m, &mantissa_bits, sizeof(m));
-  const float f = m - 1.0f;  // exact
-  const float s = f / (2.0f + f);
-  const float s2 = s * s;
-  float series = 2.0f / 9.0f;
-  series = series * s2 + 2.0f / 7.0f;
-  series = series * s2 + 2.0f / 5.0f;
-  series = series * s2 + 2.0f / 3.0f;
-  series = series * s2 + 2.0f;
-  const float e = static_cast<float>(exponent);
-  return e * vec::kLn2Hi + (s * series + e * vec::kLn2Lo);
-}
-
-// -log(-log(u)) for u in (0, 1): -log(u) is Exp(1) and this its negated log (Gumbel).
-inline float gumbel_noise(float u) { return -log_positive(-log_positive(u)); }
-
-// The largest of z[0..n), NaN ignored (a NaN result is handled by the caller).
-float largest(const float* z, int64_t n) {
-  float m = -kInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, z[i]);
-  return m;
-}
-
-// How many of z[0..n) may win against a best key of at least `floor`.
-int32_t count_candidates(const float* z, int64_t n, float floor) {
-  int32_t count = 0;
-#pragma omp simd reduction(+ : count)
-  for (int64_t i = 0; i < n; ++i) count += z[i] + kNoiseMax >= floor;
-  return count;
-}
-
-// The offsets i < n of those candidates, in increasing order; returns how many. Chunks
-// without one are passed over after a vectorised count.
-int64_t find_candidates(const float* z, int64_t n, float floor, int32_t* offsets) {
-  int64_t found = 0;
-  for (int64_t chunk = 0; chunk < n; chunk += kChunk) {
-    const int64_t size = std::min(kChunk, n - chunk);
-    if (count_candidates(z + chunk, size, floor) == 0) continue;
-    for (int64_t i = chunk; i < chunk + size; ++i) {
-      offsets[found] = static_cast<int32_t>(i);
-      found += z[i] + kNoiseMax >= floor;
-    }
-  }
-  return found;
-}
-
-// keys[j] = z[j] + the noise of token start + j for j < n, -inf for NaN logits; start is
-// even and keys has room for n rounded up to even. (Two loops: each vectorises better
-// alone; the first takes two tokens per word.)
-void race_keys_dense(const float* z, uint64_t stream, int64_t start, int64_t n,
-                     float* keys) {
-#pragma omp simd
-  for (int64_t k = 0; k < (n + 1) / 2; ++k) {
-    const uint64_t word = rng::pair_word(stream, start / 2 + k);
-    keys[2 * k] = rng::high_uniform(word);
-    keys[2 * k + 1] = rng::low_uniform(word);
-  }
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const float key = z[j] + gumbel_noise(keys[j]);
-    keys[j] = std::isnan(key) ? -kInf : key;
-  }
-}
-
-// keys[j] = z[offsets[j]] + the noise of token start + offsets[j], for j < n.
-void race_keys_sparse(const float* z, uint64_t stream, int64_t start, const int32_t* offsets,
-                      int64_t n, float* keys) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) keys[j] = rng::token_uniform(stream, start + offsets[j]);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) keys[j] = z[offsets[j]] + gumbel_noise(keys[j]);
-}
-
-struct Winner {
-  float key = -kInf;
-  int64_t token = -1;  // none yet: no key above -inf
-};
-
-// Takes the first of keys[0..n) (none NaN) when it beats `best`. offsets == nullptr: key j
-// is token start + j.
-void update_winner(const float* keys, int64_t n, int64_t start, const int32_t* offsets,
-                   Winner& best) {
-  const float top = largest(keys, n);
-  if (!(top > best.key)) return;
-  const int64_t j = std::find(keys, keys + n, top) - keys;
-  best = {top, start + (offsets ? offsets[j] : j)};
-}
-
-// The race among tokens [begin, end) (begin even) of one row of logits, a block at a
-// time: blocks without candidates cost two vectorised passes, blocks with few get their
-// list, the others are raced whole (keys of tokens that cannot win do no harm). The best
-// key so far, once above the floor, prunes the blocks after it.
-Winner race_slice(const float* logits, int64_t begin, int64_t end, uint64_t stream) {
-  const float top = largest(logits + begin, end - begin);
-  float floor = std::isnan(top) ? -kInf : top + kNoiseMin;  // NaN: no pruning
-  Winner best;
-  int32_t offsets[kBlock];
-  float keys[kBlock];
-  for (int64_t start = begin; start < end; start += kBlock) {
-    const float* z = logits + start;
-    const int64_t size = std::min(kBlock, end - start);
-    const int64_t count = count_candidates(z, size, floor);
-    if (count * kDenseShare >= size) {
-      race_keys_dense(z, stream, start, size, keys);
-      update_winner(keys, size, start, nullptr, best);
-    } else if (count > 0) {
-      const int64_t n = find_candidates(z, size, floor, offsets);
-      race_keys_sparse(z, stream, start, offsets, n, keys);
-      update_winner(keys, n, start, offsets, best);
-    }
-    floor = std::max(floor, best.key);
-  }
-  return best;
-}
 
 // Vocabulary slices per row: enough work items for every thread, none tiny.
 int64_t slices_per_row(int64_t rows, int64_t vocab) {
@@ -190,11 +39,9 @@ void check_row_values(const torch::Tensor& t, const char* name, int64_t rows) {
 }
 
 }  // namespace
-}  // namespace vllm_cpu
 
 void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
                              const torch::Tensor& seeds, const torch::Tensor& positions) {
-  using namespace vllm_cpu;
   TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat32 &&
                   logits.dim() == 2 && logits.size(1) > 0 && logits.stride(1) == 1,
               "exponential_race_sample: logits must be a float32 CPU tensor (rows, vocab) "
@@ -216,9 +63,10 @@ void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
     for (int64_t item = first; item < last; ++item) {
       const int64_t row = item / slices;
       const int64_t slice = item % slices;
-      winners[item] = race_slice(base + row * row_stride, slice_start(vocab, slice, slices),
-                                 slice_start(vocab, slice + 1, slices),
-                                 rng::token_stream(seed[row], position[row]));
+      winners[item] = vllm_cpu::race::race_slice(
+          base + row * row_stride, slice_start(vocab, slice, slices),
+          slice_start(vocab, slice + 1, slices),
+          vllm_cpu::rng::token_stream(seed[row], position[row]));
     }
   });
 

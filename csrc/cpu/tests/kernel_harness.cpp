@@ -449,6 +449,97 @@ int check_reshape_and_cache() {
   return report.failures;
 }
 
+// ---- exponential_race_sample --------------------------------------------------------------
+
+// The race in double precision, its uniforms written out again here from the documented
+// scheme (splitmix64 words addressed by (seed, position, token); ops.h, counter_rng.h).
+uint64_t splitmix64_output(uint64_t state, uint64_t k) {
+  uint64_t z = state + k * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+std::vector<double> reference_race_keys(const float* logits, int64_t vocab, int64_t seed,
+                                        int64_t position) {
+  const uint64_t stream = splitmix64_output(static_cast<uint64_t>(seed),
+                                            static_cast<uint64_t>(position) + 1);
+  std::vector<double> keys(vocab);
+  for (int64_t i = 0; i < vocab; ++i) {
+    const uint64_t word = splitmix64_output(stream, static_cast<uint64_t>(i / 2) + 1);
+    const uint32_t half = static_cast<uint32_t>(i % 2 ? word : word >> 32);
+    const double u = (2.0 * (half >> 9) + 1.0) / 16777216.0;
+    keys[i] = std::isnan(logits[i]) ? -INFINITY : logits[i] - std::log(-std::log(u));
+  }
+  return keys;
+}
+
+struct RaceCase {
+  int64_t rows, vocab;
+  double scale;     // of the normal logits
+  double filtered;  // share of tokens set to -inf (a tenth of those NaN instead)
+};
+
+// The kernel's token is the reference's where the two best keys are clearly apart, a
+// near-best one elsewhere, and never a filtered one.
+void check_race_case(Report& report, const RaceCase& c) {
+  torch::Tensor logits = torch::empty({c.rows, c.vocab}, torch::kFloat32);
+  float* z = logits.data_ptr<float>();
+  for (int64_t i = 0; i < logits.numel(); ++i) {
+    z[i] = static_cast<float>(normal() * c.scale);
+    if (uniform(0, 1) < c.filtered) z[i] = uniform(0, 1) < 0.1 ? NAN : -INFINITY;
+  }
+  torch::Tensor seeds = torch::empty({c.rows}, torch::kInt64);
+  torch::Tensor positions = torch::empty({c.rows}, torch::kInt64);
+  for (int64_t r = 0; r < c.rows; ++r) {
+    seeds.data_ptr<int64_t>()[r] = static_cast<int64_t>(rng());
+    positions.data_ptr<int64_t>()[r] = uniform_int(0, 1 << 20);
+  }
+  torch::Tensor out = torch::empty({c.rows}, torch::kInt64);
+  exponential_race_sample(out, logits, seeds, positions);
+  const std::string where = std::to_string(c.rows) + " x " + std::to_string(c.vocab) +
+                            ", scale " + std::to_string(c.scale);
+  for (int64_t r = 0; r < c.rows; ++r) {
+    ++report.cases;
+    const int64_t token = out.data_ptr<int64_t>()[r];
+    if (token < 0 || token >= c.vocab) {
+      report.fail(where + ": token " + std::to_string(token) + " outside the vocabulary");
+      continue;
+    }
+    const std::vector<double> keys = reference_race_keys(
+        z + r * c.vocab, c.vocab, seeds.data_ptr<int64_t>()[r], positions.data_ptr<int64_t>()[r]);
+    const int64_t best = std::max_element(keys.begin(), keys.end()) - keys.begin();
+    double second = -INFINITY;
+    for (int64_t i = 0; i < c.vocab; ++i)
+      if (i != best) second = std::max(second, keys[i]);
+    const double tolerance = 1e-5 * std::max(1.0, std::fabs(keys[best]));
+    if (keys[best] == -INFINITY) {
+      if (token != 0) report.fail(where + ": a row without candidates did not get token 0");
+      continue;
+    }
+    if (keys[token] == -INFINITY) report.fail(where + ": a filtered or NaN token won");
+    if (keys[best] - second > 10 * tolerance && token != best)
+      report.fail(where + ": token " + std::to_string(token) + ", the reference " +
+                  std::to_string(best));
+    report.close(keys[best] - keys[token], tolerance, where + ": the chosen key's shortfall");
+  }
+}
+
+int check_exponential_race() {
+  Report report{"exponential_race_sample"};
+  const RaceCase cases[] = {
+      {1, 49152, 2.0, 0.0},   // one row: the vocabulary split over threads
+      {4, 49151, 0.5, 0.0},   // nearly flat, an odd width
+      {3, 49152, 10.0, 0.9},  // peaked and mostly filtered: most tokens pruned
+      {64, 777, 30.0, 0.5},   // rows >= threads
+      {16, 1, 1.0, 0.0},      // one token
+      {8, 100, 1.0, 1.0},     // nothing left: token 0
+  };
+  for (const RaceCase& c : cases) check_race_case(report, c);
+  report.summary();
+  return report.failures;
+}
+
 // ---- the build itself ---------------------------------------------------------------------
 
 // The variant's ISA macros say what its name does (the harness-side built_isa check).
@@ -483,7 +574,8 @@ int main(int argc, char** argv) {
   std::printf("kernel harness %s, %d threads\n", isa.c_str(), at::get_num_threads());
   check_isa(isa);
   // Every op is checked even after one fails, so one run shows all that is wrong.
-  const int failures = check_gguf_linear() + check_paged_attention() + check_reshape_and_cache();
+  const int failures = check_gguf_linear() + check_paged_attention() + check_reshape_and_cache() +
+                       check_exponential_race();
   run_fma_probe();
   std::printf("%s %s\n", failures ? "FAIL" : "PASS", isa.c_str());
   return failures ? 1 : 0;
