@@ -33,6 +33,8 @@ TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
       "gguf_linear(Tensor(a!) out, Tensor x, Tensor weight_blocks, int qtype, "
       "Tensor? bias) -> ()");
   ops.impl("gguf_linear", torch::kCPU, &gguf_linear);
+  ops.def("dense_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  ops.impl("dense_linear", torch::kCPU, &dense_linear);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
