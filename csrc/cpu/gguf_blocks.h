@@ -16,8 +16,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "isa.h"
-
 namespace vllm_cpu::gguf {
 
 constexpr int64_t kBlockSize = 32;
@@ -30,6 +28,10 @@ inline float half_bits_to_float(const uint8_t* bytes) {
   return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
 }
 
+// Per format: dequantize() writes a block's 32 weights; Block<V> is a block of one
+// weight row decoded for the linear kernels over a register type V that widens bytes
+// (lanes.h): weights(v) is weights v * V::kLanes .. + kLanes - 1 in registers, the
+// same values dequantize() writes.
 struct Q4_1 {
   static constexpr int64_t kBytes = 20;
 
@@ -43,19 +45,22 @@ struct Q4_1 {
     }
   }
 
-#if VLLM_CPU_AVX512
-  // Weights 0-15 into lo, 16-31 into hi.
-  static inline void dequantize(const uint8_t* block, __m512& lo, __m512& hi) {
-    const __m512 d = _mm512_set1_ps(half_bits_to_float(block));
-    const __m512 m = _mm512_set1_ps(half_bits_to_float(block + 2));
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 4));
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    const __m512i q_lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, nibble));
-    const __m512i q_hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibble));
-    lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_lo), d, m);
-    hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_hi), d, m);
-  }
-#endif
+  template <typename V>
+  struct Block {
+    V d, m;
+    const uint8_t* q;
+
+    Block() = default;
+    explicit Block(const uint8_t* block)
+        : d(V::splat(half_bits_to_float(block))),
+          m(V::splat(half_bits_to_float(block + 2))),
+          q(block + 4) {}
+
+    V weights(int v) const {
+      const int first = v * V::kLanes;  // weights 0-15: low nibbles, 16-31: high ones
+      return fma(V::from_nibbles(q + first % 16, first >= 16), d, m);
+    }
+  };
 };
 
 struct Q8_0 {
@@ -67,15 +72,18 @@ struct Q8_0 {
     for (int j = 0; j < 32; ++j) out[j] = static_cast<float>(q[j]) * d;
   }
 
-#if VLLM_CPU_AVX512
-  static inline void dequantize(const uint8_t* block, __m512& lo, __m512& hi) {
-    const __m512 d = _mm512_set1_ps(half_bits_to_float(block));
-    const __m128i q_lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
-    const __m128i q_hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 18));
-    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q_lo)), d);
-    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q_hi)), d);
-  }
-#endif
+  template <typename V>
+  struct Block {
+    V d;
+    const int8_t* q;
+
+    Block() = default;
+    explicit Block(const uint8_t* block)
+        : d(V::splat(half_bits_to_float(block))),
+          q(reinterpret_cast<const int8_t*>(block + 2)) {}
+
+    V weights(int v) const { return V::from_int8(q + v * V::kLanes) * d; }
+  };
 };
 
 }  // namespace vllm_cpu::gguf

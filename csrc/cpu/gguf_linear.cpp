@@ -1,112 +1,55 @@
 // y = x W^T (+ b) with W kept in GGUF blocks: each block is dequantised in
-// registers and used for every row of x, so a small batch streams the packed
-// weights (0.6-1.1 bytes per weight) instead of float32 ones (4 bytes).
-#include <ATen/Parallel.h>
-
-#include <vector>
+// registers and used for every row of x in a tile (linear_tiles.h), so a small
+// batch streams the packed weights (0.6-1.1 bytes per weight) instead of float32
+// ones (4 bytes).
+#include <type_traits>
 
 #include "gguf_blocks.h"
-#include "isa.h"
+#include "linear_tiles.h"
 #include "ops.h"
 
 namespace {
 
 using namespace vllm_cpu::gguf;
+using vllm_cpu::lanes::Lanes;
 
-// Output rows (weight rows) handed to one task; a multiple of kTileN.
-constexpr int64_t kRowsPerTask = 16;
-constexpr int kTileN = 2;  // weight rows dequantised together
-constexpr int kTileM = 8;  // rows of x that reuse them
+// A block dequantised into memory, then loaded: for lanes that cannot widen bytes in
+// registers (the portable build, whose plain loops the compiler vectorises this way).
+template <typename Format>
+struct DequantizedBlock {
+  float weights_[kBlockSize];
 
-struct Problem {
-  const float* x;       // (m, k)
-  const uint8_t* w;     // (n, k / 32, bytes per block)
-  const float* bias;    // (n,) or nullptr
-  float* out;           // (m, n)
-  int64_t m, n, k;
+  DequantizedBlock() = default;
+  explicit DequantizedBlock(const uint8_t* block) { Format::dequantize(block, weights_); }
+  Lanes weights(int v) const { return Lanes::load(weights_ + v * Lanes::kLanes); }
 };
 
-#if VLLM_CPU_AVX512
+// W's rows as a tile reads them: one 32-weight block per step.
+template <typename Format>
+struct BlockRows {
+  static constexpr int64_t kStep = kBlockSize;
+  static constexpr vllm_cpu::linear::Shape kShape = vllm_cpu::linear::kBlockShape;
+  static constexpr bool kTail = false;
+  using Step = std::conditional_t<vllm_cpu::lanes::kConvertsBytes,
+                                  typename Format::template Block<Lanes>,
+                                  DequantizedBlock<Format>>;
 
-// out[0:MR, n0:n0+NR] for x rows [m0, m0 + MR).
-template <typename Block, int MR, int NR>
-void tile(const Problem& p, int64_t m0, int64_t n0) {
-  const int64_t blocks = p.k / kBlockSize;
-  const int64_t row_bytes = blocks * Block::kBytes;
-  __m512 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
-    __m512 w_lo[NR], w_hi[NR];
-    for (int j = 0; j < NR; ++j)
-      Block::dequantize(p.w + (n0 + j) * row_bytes + b * Block::kBytes, w_lo[j], w_hi[j]);
-    for (int i = 0; i < MR; ++i) {
-      const float* xi = p.x + (m0 + i) * p.k + b * kBlockSize;
-      const __m512 x_lo = _mm512_loadu_ps(xi);
-      const __m512 x_hi = _mm512_loadu_ps(xi + 16);
-      for (int j = 0; j < NR; ++j) {
-        acc[i][j] = _mm512_fmadd_ps(w_lo[j], x_lo, acc[i][j]);
-        acc[i][j] = _mm512_fmadd_ps(w_hi[j], x_hi, acc[i][j]);
-      }
-    }
+  const uint8_t* data;  // (n, k / 32, Format::kBytes)
+  int64_t bytes_per_row;
+
+  int64_t row_bytes() const { return bytes_per_row; }
+  Step step(int64_t row, int64_t s) const {
+    return Step(data + row * bytes_per_row + s * Format::kBytes);
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const float b = p.bias ? p.bias[n0 + j] : 0.0f;
-      p.out[(m0 + i) * p.n + n0 + j] = _mm512_reduce_add_ps(acc[i][j]) + b;
-    }
-}
+};
 
-template <typename Block, int NR>
-void rows_tile(const Problem& p, int64_t n0) {
-  int64_t m0 = 0;
-  for (; m0 + kTileM <= p.m; m0 += kTileM) tile<Block, kTileM, NR>(p, m0, n0);
-  switch (p.m - m0) {
-    case 7: tile<Block, 7, NR>(p, m0, n0); break;
-    case 6: tile<Block, 6, NR>(p, m0, n0); break;
-    case 5: tile<Block, 5, NR>(p, m0, n0); break;
-    case 4: tile<Block, 4, NR>(p, m0, n0); break;
-    case 3: tile<Block, 3, NR>(p, m0, n0); break;
-    case 2: tile<Block, 2, NR>(p, m0, n0); break;
-    case 1: tile<Block, 1, NR>(p, m0, n0); break;
-    default: break;
-  }
-}
-
-template <typename Block>
-void weight_rows(const Problem& p, int64_t n_begin, int64_t n_end) {
-  int64_t n0 = n_begin;
-  for (; n0 + kTileN <= n_end; n0 += kTileN) rows_tile<Block, kTileN>(p, n0);
-  for (; n0 < n_end; ++n0) rows_tile<Block, 1>(p, n0);
-}
-
-#else  // portable: dequantise one weight row, then dot it with every row of x
-
-template <typename Block>
-void weight_rows(const Problem& p, int64_t n_begin, int64_t n_end) {
-  const int64_t blocks = p.k / kBlockSize;
-  std::vector<float> row(p.k);
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const uint8_t* w = p.w + n * blocks * Block::kBytes;
-    for (int64_t b = 0; b < blocks; ++b)
-      Block::dequantize(w + b * Block::kBytes, row.data() + b * kBlockSize);
-    for (int64_t i = 0; i < p.m; ++i) {
-      const float* xi = p.x + i * p.k;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t c = 0; c < p.k; ++c) sum += row[c] * xi[c];
-      p.out[i * p.n + n] = sum + (p.bias ? p.bias[n] : 0.0f);
-    }
-  }
-}
-
-#endif
-
-template <typename Block>
-void run(const Problem& p) {
-  at::parallel_for(0, p.n, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    weight_rows<Block>(p, begin, end);
-  });
+template <typename Format>
+void run(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& blocks,
+         const float* bias) {
+  const int64_t k = x.size(1);
+  const BlockRows<Format> rows{blocks.data_ptr<uint8_t>(), k / kBlockSize * Format::kBytes};
+  vllm_cpu::linear::run(vllm_cpu::linear::Problem<BlockRows<Format>>{
+      x.data_ptr<float>(), rows, bias, out.data_ptr<float>(), x.size(0), out.size(1), k});
 }
 
 int64_t block_bytes(int64_t qtype) {
@@ -143,11 +86,9 @@ void gguf_linear(torch::Tensor& out, const torch::Tensor& x,
     bias_ptr = bias->data_ptr<float>();
   }
   if (m == 0 || n == 0) return;
-  const Problem p{x.data_ptr<float>(), weight_blocks.data_ptr<uint8_t>(), bias_ptr,
-                  out.data_ptr<float>(), m, n, k};
   if (qtype == kTypeQ4_1) {
-    run<Q4_1>(p);
+    run<Q4_1>(out, x, weight_blocks, bias_ptr);
   } else {
-    run<Q8_0>(p);
+    run<Q8_0>(out, x, weight_blocks, bias_ptr);
   }
 }

@@ -37,11 +37,28 @@ void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
 //   weight_blocks: (n, k / 32, block bytes) uint8, contiguous: row r of W
 //   qtype:         the ggml type: 3 = Q4_1 (20 bytes), 8 = Q8_0 (34 bytes)
 //   bias:          (n,) float32 or None
-// Meant for small m (decode batches): every block is dequantised once per
-// eight rows of x.
+// Meant for small m (decode batches): each block is dequantised once per
+// register tile of x rows (linear_tiles.h). Row-invariant (below).
 void gguf_linear(torch::Tensor& out, const torch::Tensor& x,
                  const torch::Tensor& weight_blocks, int64_t qtype,
                  const std::optional<torch::Tensor>& bias);
+
+// y = x W^T (+ bias) with float32 W, in the same register tiles as gguf_linear.
+//   out:    (m, n) float32, contiguous
+//   x:      (m, k) float32, contiguous; any k
+//   weight: (n, k) float32, contiguous
+//   bias:   (n,) float32 or None
+// Slower than MKL's GEMM at large m; it exists for its row invariance.
+//
+// Row invariance (gguf_linear and dense_linear, every ISA build): out[i, :] is bit
+// for bit the same whatever m is, whatever the other rows of x hold and however many
+// threads run. Each output is one fixed sequence of float32 operations: lane-wise
+// fused multiply-adds over k in a fixed order, a fixed horizontal sum, then + bias;
+// the tile an output falls in and the thread that computes it do not change it.
+// (Different ISA builds round differently: the lanes differ.) A batch-invariant mode
+// relies on this.
+void dense_linear(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& weight,
+                  const std::optional<torch::Tensor>& bias);
 
 // Samples one token per row by an exponential race (Gumbel-max) over counter-based noise.
 //   out:       (rows,) int64, contiguous

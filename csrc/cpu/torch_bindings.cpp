@@ -37,6 +37,8 @@ TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
       "exponential_race_sample(Tensor(a!) out, Tensor logits, Tensor seeds, "
       "Tensor positions) -> ()");
   ops.impl("exponential_race_sample", torch::kCPU, &exponential_race_sample);
+  ops.def("dense_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
+  ops.impl("dense_linear", torch::kCPU, &dense_linear);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -1,7 +1,8 @@
-// Float32 vector helpers for the CPU attention kernels: one register type per ISA, the helpers once.
+// Float32 vector helpers for the CPU kernels: one register type per ISA, the helpers once.
 //
 // `Vec` is the build's widest float32 register (AVX-512: 16 lanes, AVX2: 8,
-// NEON: 4) with the handful of operations the kernels need. The helpers are
+// NEON: 4) with the handful of operations the kernels need (the linear kernels
+// also widen GGUF's 4- and 8-bit quants with it, see lanes.h). The helpers are
 // written once against it and used when the head size is a compile-time
 // multiple of Vec::kLanes; otherwise (and in the portable build) they run as
 // plain loops that the compiler vectorises under `#pragma omp simd`.
@@ -84,6 +85,18 @@ struct Vec {
   void store_first(float* p, int64_t count) const {
     _mm512_mask_storeu_ps(p, first_lanes(count), v);
   }
+  // kLanes bytes as floats: their low 4 bits, or their high 4 bits when `high`.
+  static Vec from_nibbles(const uint8_t* p, bool high) {
+    __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if (high) bytes = _mm_srli_epi16(bytes, 4);
+    bytes = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+    return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes))};
+  }
+  // kLanes signed bytes as floats.
+  static Vec from_int8(const int8_t* p) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))};
+  }
 };
 
 inline Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
@@ -130,6 +143,19 @@ struct Vec {
   }
   void store_first(float* p, int64_t count) const {
     _mm256_maskstore_ps(p, first_lanes(count), v);
+  }
+  // kLanes bytes as floats: their low 4 bits, or their high 4 bits when `high`.
+  static Vec from_nibbles(const uint8_t* p, bool high) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m256i words = _mm256_cvtepu8_epi32(bytes);
+    const __m256i nibbles = high ? _mm256_srli_epi32(words, 4)
+                                 : _mm256_and_si256(words, _mm256_set1_epi32(0x0F));
+    return {_mm256_cvtepi32_ps(nibbles)};
+  }
+  // kLanes signed bytes as floats.
+  static Vec from_int8(const int8_t* p) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))};
   }
 };
 
@@ -193,6 +219,21 @@ struct Vec {
     float lanes[kLanes];
     vst1q_f32(lanes, v);
     std::memcpy(p, lanes, count * sizeof(float));
+  }
+  // kLanes bytes as floats: their low 4 bits, or their high 4 bits when `high`.
+  static Vec from_nibbles(const uint8_t* p, bool high) {
+    uint32_t word;
+    std::memcpy(&word, p, sizeof(word));
+    const uint8x8_t bytes = vreinterpret_u8_u32(vdup_n_u32(word));
+    const uint8x8_t nibbles = high ? vshr_n_u8(bytes, 4) : vand_u8(bytes, vdup_n_u8(0x0F));
+    return {vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(nibbles))))};
+  }
+  // kLanes signed bytes as floats.
+  static Vec from_int8(const int8_t* p) {
+    int32_t word;
+    std::memcpy(&word, p, sizeof(word));
+    const int8x8_t bytes = vreinterpret_s8_s32(vdup_n_s32(word));
+    return {vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(bytes))))};
   }
 };
 

@@ -15,9 +15,15 @@ from vllm.model_executor.layers.linear import (
     MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead, VocabParallelEmbedding)
+from vllm.platforms import cpu_isa
 from vllm.platforms.cpu import CpuPlatform
 
 QTYPES = [GGML_Q4_1, GGML_Q8_0]
+BUILT_ISAS = cpu_isa.built_isas()  # empty without a build: the kernel tests are skipped
+# Batch sizes around every tile height (4 and 8 rows, csrc/cpu/linear_tiles.h) and past
+# the x rows one block of the kernels holds.
+BATCH_SIZES = [1, 2, 3, 7, 8, 9, 16, 17, 37, 64, 70, 130]
+UNIT = 2.0 ** -24  # float32 unit roundoff
 
 
 def gguf_blocks(rows: int, cols: int, qtype: int, seed: int = 0) -> torch.Tensor:
@@ -44,36 +50,129 @@ def test_reference_dequantize_equals_gguf_py(qtype):
     assert torch.equal(dequantize(blocks, qtype), torch.from_numpy(expected))
 
 
+@pytest.fixture(params=BUILT_ISAS)
+def ops(request):
+    """torch.ops._C_<isa> of one kernel build this CPU runs."""
+    return cpu_isa.load_ops(request.param)
+
+
+def assert_float32_accurate(out, x, weight, bias):
+    """|out - x W^T - b| within float32 summation's bound, from a float64 product: each
+    of the k products and sums and the bias rounds once, (k + 4) u (|x| |W|^T + |b|),
+    doubled for headroom."""
+    x, weight = x.double(), weight.double()
+    expected = F.linear(x, weight, None if bias is None else bias.double())
+    magnitude = F.linear(x.abs(), weight.abs(), None if bias is None else bias.double().abs())
+    bound = 2 * (x.shape[1] + 4) * UNIT * magnitude
+    error = (out.double() - expected).abs()
+    assert bool((error <= bound).all()), f"worst error / bound {(error / bound).max():.3g}"
+
+
+def gguf_linear(ops, blocks, qtype):
+    def run(x, bias=None):
+        out = torch.full((x.shape[0], blocks.shape[0]), float("nan"))
+        ops.gguf_linear(out, x, blocks, qtype, bias)
+        return out
+    return run
+
+
+def dense_linear(ops, weight):
+    def run(x, bias=None):
+        out = torch.full((x.shape[0], weight.shape[0]), float("nan"))
+        ops.dense_linear(out, x, weight, bias)
+        return out
+    return run
+
+
 @pytest.mark.parametrize("qtype", QTYPES)
-@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 37, 64])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_kernel_matches_float64_matmul(qtype, m, with_bias):
-    op = kernel()
-    n, k = 67, 160  # odd rows and several blocks: every tile shape and remainder
-    blocks = gguf_blocks(n, k, qtype, seed=m)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
-    bias = torch.randn(n) if with_bias else None
-    out = torch.full((m, n), float("nan"))
-    op(out, x, blocks, qtype, bias)
-    expected = F.linear(x.double(), dequantize(blocks, qtype).double(),
-                        None if bias is None else bias.double())
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("n", [67, 64])
+def test_gguf_linear_matches_float64(ops, qtype, n):
+    k = 160  # several blocks
+    blocks = gguf_blocks(n, k, qtype, seed=n)
+    weight = dequantize(blocks, qtype)
+    gen = torch.Generator().manual_seed(n)
+    for m in BATCH_SIZES:
+        x = torch.randn(m, k, generator=gen)
+        bias = torch.randn(n, generator=gen) if m % 2 else None
+        assert_float32_accurate(gguf_linear(ops, blocks, qtype)(x, bias), x, weight, bias)
 
 
-def test_kernel_rejects_bad_arguments():
-    op = kernel()
+@pytest.mark.parametrize("n, k", [(67, 161), (64, 96), (33, 7), (8, 1), (40, 1001), (3, 300)])
+def test_dense_linear_matches_float64(ops, n, k):
+    gen = torch.Generator().manual_seed(k)
+    weight = torch.randn(n, k, generator=gen)
+    for m in BATCH_SIZES:
+        x = torch.randn(m, k, generator=gen)
+        bias = torch.randn(n, generator=gen) if m % 2 else None
+        assert_float32_accurate(dense_linear(ops, weight)(x, bias), x, weight, bias)
+
+
+def row_invariance_cases(ops):
+    """(name, linear, k) per weight kind. With k = 1024 or 1001, 130 rows of x span
+    several of the kernel's x-row blocks, and 67 weight rows several weight-row blocks
+    and both threads."""
+    weight = torch.randn(67, 1001, generator=torch.Generator().manual_seed(5))
+    cases = [(f"qtype {qtype}", gguf_linear(ops, gguf_blocks(67, 1024, qtype, 9), qtype), 1024)
+             for qtype in QTYPES]
+    return cases + [("dense", dense_linear(ops, weight), 1001),
+                    ("dense k=40", dense_linear(ops, weight[:, :40].contiguous()), 40)]
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_rows_are_bitwise_independent_of_batch_and_threads(ops, restore_threads):
+    """Row i alone (m = 1, one thread) equals row i inside batches of every size, among
+    other random rows, on one thread and on two."""
+    gen = torch.Generator().manual_seed(0)
+    for name, linear, k in row_invariance_cases(ops):
+        rows = torch.randn(max(BATCH_SIZES), k, generator=gen)
+        bias = torch.randn(67, generator=gen)
+        torch.set_num_threads(1)
+        alone = torch.cat([linear(rows[i:i + 1], bias) for i in range(rows.shape[0])])
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for m in BATCH_SIZES:
+                picked = torch.randperm(rows.shape[0], generator=gen)[:m]
+                batch = linear(rows[picked], bias)
+                assert torch.equal(batch, alone[picked]), f"{name}, m={m}, {threads} threads"
+
+
+def test_gguf_linear_rejects_bad_arguments(ops):
     blocks = gguf_blocks(4, 64, GGML_Q4_1)
     x = torch.randn(2, 64)
     with pytest.raises(RuntimeError, match="unsupported ggml type 2"):
-        op(torch.empty(2, 4), x, blocks, 2, None)
+        ops.gguf_linear(torch.empty(2, 4), x, blocks, 2, None)
     with pytest.raises(RuntimeError, match="x has 96 columns"):
-        op(torch.empty(2, 4), torch.randn(2, 96), blocks, GGML_Q4_1, None)
+        ops.gguf_linear(torch.empty(2, 4), torch.randn(2, 96), blocks, GGML_Q4_1, None)
     with pytest.raises(RuntimeError, match="out must be"):
-        op(torch.empty(2, 5), x, blocks, GGML_Q4_1, None)
+        ops.gguf_linear(torch.empty(2, 5), x, blocks, GGML_Q4_1, None)
     with pytest.raises(RuntimeError, match="weight_blocks must be"):
-        op(torch.empty(2, 4), x, blocks, GGML_Q8_0, None)
+        ops.gguf_linear(torch.empty(2, 4), x, blocks, GGML_Q8_0, None)
     with pytest.raises(RuntimeError, match="bias must be"):
-        op(torch.empty(2, 4), x, blocks, GGML_Q4_1, torch.randn(3))
+        ops.gguf_linear(torch.empty(2, 4), x, blocks, GGML_Q4_1, torch.randn(3))
+
+
+def test_dense_linear_rejects_bad_arguments(ops):
+    x, weight, out = torch.randn(2, 9), torch.randn(4, 9), torch.empty(2, 4)
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous \(m, k\) float32"):
+        ops.dense_linear(out, x.double(), weight, None)
+    with pytest.raises(RuntimeError, match=r"x must be .*\(strided\)"):
+        ops.dense_linear(out, torch.randn(9, 2).t(), weight, None)
+    with pytest.raises(RuntimeError, match=r"weight must be a contiguous \(n, k\)"):
+        ops.dense_linear(out, x, torch.randn(36), None)
+    with pytest.raises(RuntimeError, match="x has 9 columns but the weight has 8"):
+        ops.dense_linear(out, x, torch.randn(4, 8), None)
+    with pytest.raises(RuntimeError, match=r"out must be a contiguous \(2, 4\)"):
+        ops.dense_linear(torch.empty(4, 2), x, weight, None)
+    with pytest.raises(RuntimeError, match="out must be"):
+        ops.dense_linear(torch.empty(2, 4, dtype=torch.float64), x, weight, None)
+    with pytest.raises(RuntimeError, match=r"bias must be a contiguous \(4,\)"):
+        ops.dense_linear(out, x, weight, torch.randn(5))
 
 
 def test_packed_linear_only_for_small_float32_batches():
@@ -201,35 +300,3 @@ def test_kernels_off_or_no_blocks_file_keep_float32(demo_model_dir, tiny_model_d
     monkeypatch.setenv("VLLM_CPU_GGUF_KERNELS", "0")
     assert CpuPlatform().gguf_block_kernel() is None
     assert packed_layers(demo_model(demo_model_dir)) == {}
-
-
-PORTABLE_BINDING = """
-#include <torch/library.h>
-#include "ops.h"
-TORCH_LIBRARY(gguf_portable_test, ops) {
-  ops.def("gguf_linear(Tensor(a!) out, Tensor x, Tensor weight_blocks, int qtype, "
-          "Tensor? bias) -> ()");
-  ops.impl("gguf_linear", torch::kCPU, &gguf_linear);
-}
-"""
-
-
-@pytest.mark.slow
-def test_portable_kernel_without_avx512(tmp_path):
-    """The kernel built for CPUs without AVX-512 (dequantise a row, then dot products)."""
-    from torch.utils.cpp_extension import load
-    source_dir = os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "cpu")
-    binding = tmp_path / "binding.cpp"
-    binding.write_text(PORTABLE_BINDING)
-    load(name="gguf_portable_test", sources=[str(binding), os.path.join(source_dir,
-                                                                          "gguf_linear.cpp")],
-         extra_include_paths=[source_dir], extra_cflags=["-O2", "-mno-avx512f", "-fopenmp"],
-         extra_ldflags=["-fopenmp"], build_directory=str(tmp_path), is_python_module=False)
-    op = torch.ops.gguf_portable_test.gguf_linear
-    for qtype in QTYPES:
-        blocks = gguf_blocks(13, 96, qtype)
-        x, bias = torch.randn(5, 96), torch.randn(13)
-        out = torch.empty(5, 13)
-        op(out, x, blocks, qtype, bias)
-        expected = F.linear(x.double(), dequantize(blocks, qtype).double(), bias.double())
-        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

@@ -232,6 +232,113 @@ int check_gguf_linear() {
   return report.failures;
 }
 
+// ---- dense_linear --------------------------------------------------------------------------
+
+// y = x W^T + b against the double reference, with gguf_linear's bound (the weights are
+// exact here, which only loosens it).
+void check_dense_case(Report& report, int64_t m, int64_t n, int64_t k, bool with_bias) {
+  ++report.cases;
+  const torch::Tensor x = random_floats({m, k});
+  const torch::Tensor weight = random_floats({n, k});
+  const std::optional<torch::Tensor> bias =
+      with_bias ? std::optional<torch::Tensor>(random_floats({n})) : std::nullopt;
+  torch::Tensor out = torch::full({m, n}, NAN, torch::kFloat32);
+  dense_linear(out, x, weight, bias);
+  const float* xs = x.data_ptr<float>();
+  const float* ws = weight.data_ptr<float>();
+  const float* ys = out.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    const double b_r = with_bias ? bias->data_ptr<float>()[r] : 0.0;
+    for (int64_t i = 0; i < m; ++i) {
+      double sum = b_r, magnitude = std::abs(b_r);
+      for (int64_t c = 0; c < k; ++c) {
+        const double product = static_cast<double>(xs[i * k + c]) * ws[r * k + c];
+        sum += product;
+        magnitude += std::abs(product);
+      }
+      report.close(std::abs(ys[i * n + r] - sum), 2.0 * (k + 4) * kUnit * magnitude,
+                   "m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
+                       std::to_string(k) + " out[" + std::to_string(i) + "][" +
+                       std::to_string(r) + "]");
+    }
+  }
+}
+
+int check_dense_linear() {
+  Report report{"dense_linear"};
+  // k below, at and past whole vectors and 4-vector steps (NEON 4 lanes, portable 8).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {1, 1}, {5, 3}, {7, 16}, {33, 35}, {40, 64}, {9, 301}};
+  int index = 0;
+  for (int64_t m : {1, 3, 6, 7, 13})  // tiles of 4 and 6 rows and their remainders
+    for (auto [n, k] : shapes) check_dense_case(report, m, n, k, ++index % 2 == 0);
+  try {  // a weight of another width is refused
+    torch::Tensor out = torch::empty({1, 2});
+    dense_linear(out, torch::zeros({1, 8}), torch::zeros({2, 9}), std::nullopt);
+    report.fail("a (2, 9) weight for 8 columns was accepted");
+  } catch (const c10::Error&) {
+  }
+  report.summary();
+  return report.failures;
+}
+
+// ---- row invariance -------------------------------------------------------------------------
+
+// Every row of a batch is bit for bit the row computed alone on one thread, whatever the
+// batch size, the other rows and the thread count (ops.h). `linear(x)` returns x W^T + b.
+template <typename Linear>
+void check_rows_invariant(Report& report, const std::string& name, int64_t k, Linear linear) {
+  const int threads = at::get_num_threads();
+  const int64_t total = 40;
+  const torch::Tensor rows = random_floats({total, k});
+  at::set_num_threads(1);
+  std::vector<torch::Tensor> alone;
+  for (int64_t i = 0; i < total; ++i) alone.push_back(linear(rows.narrow(0, i, 1).clone()));
+  for (int run_threads : {1, threads}) {
+    at::set_num_threads(run_threads);
+    for (int64_t m : {2, 3, 5, 6, 7, 8, 13, 40}) {
+      ++report.cases;
+      std::vector<int64_t> picked(total);
+      std::iota(picked.begin(), picked.end(), 0);
+      std::shuffle(picked.begin(), picked.end(), rng);
+      picked.resize(m);
+      const torch::Tensor batch = linear(
+          rows.index_select(0, torch::tensor(picked, torch::kInt64)).contiguous());
+      for (int64_t i = 0; i < m; ++i)
+        if (!torch::equal(batch.narrow(0, i, 1), alone[picked[i]]))
+          report.fail(name + ": row " + std::to_string(picked[i]) + " differs in a batch of " +
+                      std::to_string(m) + " on " + std::to_string(run_threads) + " threads");
+    }
+  }
+  at::set_num_threads(threads);
+}
+
+int check_row_invariance() {
+  Report report{"row invariance"};
+  const int64_t n = 37;
+  const torch::Tensor bias = random_floats({n});
+  for (int64_t qtype : {3, 8}) {
+    const torch::Tensor blocks = random_blocks(n, 96, qtype);
+    check_rows_invariant(report, "gguf_linear qtype " + std::to_string(qtype), 96,
+                         [&](const torch::Tensor& x) {
+                           torch::Tensor out = torch::empty({x.size(0), n});
+                           gguf_linear(out, x, blocks, qtype, bias);
+                           return out;
+                         });
+  }
+  for (int64_t k : {45, 64}) {
+    const torch::Tensor weight = random_floats({n, k});
+    check_rows_invariant(report, "dense_linear k=" + std::to_string(k), k,
+                         [&](const torch::Tensor& x) {
+                           torch::Tensor out = torch::empty({x.size(0), n});
+                           dense_linear(out, x, weight, bias);
+                           return out;
+                         });
+  }
+  report.summary();
+  return report.failures;
+}
+
 // ---- paged attention ----------------------------------------------------------------------
 
 struct AttentionCase {
@@ -574,7 +681,8 @@ int main(int argc, char** argv) {
   std::printf("kernel harness %s, %d threads\n", isa.c_str(), at::get_num_threads());
   check_isa(isa);
   // Every op is checked even after one fails, so one run shows all that is wrong.
-  const int failures = check_gguf_linear() + check_paged_attention() + check_reshape_and_cache() +
+  const int failures = check_gguf_linear() + check_dense_linear() + check_row_invariance() +
+                       check_paged_attention() + check_reshape_and_cache() +
                        check_exponential_race();
   run_fma_probe();
   std::printf("%s %s\n", failures ? "FAIL" : "PASS", isa.c_str());
