@@ -15,7 +15,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from remote_server import REPO_ROOT, RemoteServer, free_port, read_metrics  # noqa: E402
 
 BASE_ARGS = ["--max-model-len", "1024", "--served-model-name", "demo", "--dtype", "float32"]
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "0.25", "OMP_NUM_THREADS": "1"}
+# Batch-invariant mode: PD answers are compared token for token with a colocated
+# instance's, which computes every token in other batch shapes.
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "0.25", "OMP_NUM_THREADS": "1", "VLLM_BATCH_INVARIANT": "1"}
 
 
 def free_kv_port() -> int:

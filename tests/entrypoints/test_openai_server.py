@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from remote_server import read_metrics, running_server, wait_until_idle
+from vllm.batch_invariant import BATCH_INVARIANT_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,14 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 GREEDY = {"temperature": 0.0}
 
 
+# Batch-invariant mode: several tests compare answers computed in different batches (the
+# concurrent requests against an offline engine's), which must then be the same bits.
+INVARIANT_ENV = {BATCH_INVARIANT_ENV: "1"}
+
+
 @pytest.fixture(scope="module")
 def server():
-    with running_server(SERVER_ARGS) as remote:
+    with running_server(SERVER_ARGS, env=INVARIANT_ENV) as remote:
         yield remote
 
 
@@ -236,7 +242,9 @@ PROMPTS = [f"Fact number {i}: the {word} is" for i, word in enumerate(
 @pytest.fixture(scope="module")
 def offline_outputs():
     from vllm import LLM, SamplingParams
-    llm = LLM(max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=NUM_BLOCKS, seed=1024)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(BATCH_INVARIANT_ENV, "1")
+        llm = LLM(max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=NUM_BLOCKS, seed=1024)
     outputs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
     del llm
     return [o.outputs[0].text for o in outputs]

@@ -11,6 +11,8 @@ from vllm.distributed.kv_transfer.messages import ConsumerReady, TransferAbort
 from vllm.sampling_params import SamplingParams
 from vllm.transformers_utils.tokenizer import get_tokenizer
 
+pytestmark = pytest.mark.identity
+
 # 1 token (nothing to move), under a block, a block and one, several blocks, ~300 tokens.
 LENGTHS = [1, 5, 16, 17, 33, 70, 150, 300]
 
@@ -35,14 +37,7 @@ class Setup(EngineSet):
 
 @pytest.fixture(scope="module")
 def pd():
-    # Float32 GEMM everywhere: the consumer computes a prompt's last token in a decode-sized
-    # batch, which would go through the GGUF-block kernel, while the colocated reference
-    # computes it in a prefill-sized one; the two sum in different orders, and seeded
-    # sampling (a race of 49k keys) can still flip on a last-bit difference, if rarely. Here
-    # the tokens must be equal because the KV is; tests/disagg run PD with the kernel on.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_CPU_GGUF_KERNELS", "0")
-        setup = Setup()
+    setup = Setup()
     try:
         yield setup
     finally:

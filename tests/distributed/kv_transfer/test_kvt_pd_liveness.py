@@ -40,12 +40,8 @@ class Setup(EngineSet):
 
 @pytest.fixture(scope="module")
 def pd():
-    # Float32 GEMM everywhere, as in test_kvt_pd_identity: transferred and local KV alike
-    # must give the colocated tokens.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_CPU_GGUF_KERNELS", "0")
-        setup = Setup()
-        yield setup
+    setup = Setup()
+    yield setup
     setup.shutdown()
 
 
