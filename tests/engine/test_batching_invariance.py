@@ -44,7 +44,7 @@ def answers(llm, prompts, indices=None) -> list[tuple]:
     compared exactly."""
     indices = range(len(prompts)) if indices is None else indices
     params = [params_for(i) for i in indices]
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = llm.generate(as_prompts(llm, prompts), params, use_tqdm=False)
     return [(tuple(o.outputs[0].token_ids),
              tuple(tuple(sorted((t, lp.logprob) for t, lp in step.items()))
                    for step in o.outputs[0].logprobs))
@@ -70,6 +70,16 @@ def model_args(request, demo_model_dir, tiny_model_dirs) -> dict:
     if request.param == "demo":
         return {"model": demo_model_dir}
     return {"model": tiny_model_dirs["qwen2"], "tokenizer": demo_model_dir}
+
+
+def as_prompts(llm, prompts: list[str]) -> list:
+    """The texts, or for a model with a small vocabulary their token ids folded into it."""
+    vocab = llm.llm_engine.engine_core.vllm_config.model_config.vocab_size
+    if vocab >= 49152:
+        return prompts
+    tokenizer = llm.get_tokenizer()
+    return [{"prompt_token_ids": [t % (vocab - 3) + 3 for t in tokenizer.encode(p)]}
+            for p in prompts]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +118,8 @@ def test_prefix_cache_hits(reference, model_args):
     llm = LLM(**model_args, max_model_len=512, enable_prefix_caching=True)
     prompts = mixed_prompts()
     answers(llm, prompts[8:9], [8])  # warm the cache with one long prompt
-    outputs = llm.generate(prompts, [params_for(i) for i in range(len(prompts))],
-                           use_tqdm=False)
+    outputs = llm.generate(as_prompts(llm, prompts),
+                           [params_for(i) for i in range(len(prompts))], use_tqdm=False)
     assert max(o.num_cached_tokens for o in outputs) >= 48
     assert answers(llm, prompts) == alone
     assert_all_blocks_free(llm)
@@ -128,11 +138,11 @@ def test_seeded_sampling_independent_of_batch(reference):
     unseeded = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
     prompts = BASE_PROMPTS[:3]
     params = [unseeded, params_for(1), unseeded]
-    mixed = llm.generate(prompts, params, use_tqdm=False)
+    mixed = llm.generate(as_prompts(llm, prompts), params, use_tqdm=False)
     assert tuple(mixed[1].outputs[0].token_ids) == alone[1][0]
     other_seed = SamplingParams(temperature=0.8, seed=99, max_tokens=MAX_TOKENS,
                                 ignore_eos=True)
-    assert tuple(llm.generate([prompts[1]], other_seed, use_tqdm=False)[0]
+    assert tuple(llm.generate(as_prompts(llm, [prompts[1]]), other_seed, use_tqdm=False)[0]
                  .outputs[0].token_ids) != alone[1][0]
 
 
