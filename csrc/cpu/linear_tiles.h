@@ -49,10 +49,12 @@ struct Shape {
 };
 constexpr int kMaxTileN = 8;
 
-// Measured on AVX2 (benchmarks/benchmark_gguf_linear.py): float32 weights like square
-// tiles (each loaded vector feeds several sums), GGUF blocks tall ones (each dequantised
-// vector feeds many rows of x). AVX-512 keeps the 8 x 2 block tiles measured before
-// this generic code; NEON's are sized to its 32 registers, not measured.
+// Measured on AVX2 and portable x86-64 (benchmarks/benchmark_gguf_linear.py): with SIMD
+// registers float32 weights like square tiles (each loaded vector feeds several sums),
+// GGUF blocks tall ones (each dequantised vector feeds many rows of x); the portable
+// build's plain arrays stay in registers only one weight row wide. AVX-512 keeps the
+// 8 x 2 block tiles measured before this generic code; NEON's are sized to its 32
+// registers, not measured.
 #if VLLM_CPU_AVX512
 constexpr Shape kDenseShape{8, 24};  // of 32 zmm
 constexpr Shape kBlockShape{8, 16};
@@ -63,8 +65,8 @@ constexpr Shape kBlockShape{8, 8};
 constexpr Shape kDenseShape{4, 16};  // of 32 q
 constexpr Shape kBlockShape{8, 16};
 #else
-constexpr Shape kDenseShape{4, 4};  // four floats each: one SSE or NEON register
-constexpr Shape kBlockShape{4, 4};
+constexpr Shape kDenseShape{6, 1};  // plain arrays: wider or taller tiles measured slower
+constexpr Shape kBlockShape{6, 1};
 #endif
 
 constexpr int tile_n(Shape shape, int mr) {

@@ -16,7 +16,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead, VocabParallelEmbedding)
 from vllm.platforms import cpu_isa
-from vllm.platforms.cpu import CpuPlatform
+from vllm.platforms.cpu import GGUF_KERNEL_MAX_TOKENS, CpuPlatform
 
 QTYPES = [GGML_Q4_1, GGML_Q8_0]
 BUILT_ISAS = cpu_isa.built_isas()  # empty without a build: the kernel tests are skipped
@@ -173,6 +173,15 @@ def test_dense_linear_rejects_bad_arguments(ops):
         ops.dense_linear(torch.empty(2, 4, dtype=torch.float64), x, weight, None)
     with pytest.raises(RuntimeError, match=r"bias must be a contiguous \(4,\)"):
         ops.dense_linear(out, x, weight, torch.randn(5))
+
+
+def test_block_kernel_batch_limit_is_the_selected_builds():
+    known = {isa for isas in cpu_isa.ISA_PREFERENCE.values() for isa in isas}
+    assert set(GGUF_KERNEL_MAX_TOKENS) == known
+    found = CpuPlatform().gguf_block_kernel()
+    if found is None:
+        pytest.skip("vllm._C_<isa> is not built")
+    assert found[1] == GGUF_KERNEL_MAX_TOKENS[cpu_isa.selected_isa()]
 
 
 def test_packed_linear_only_for_small_float32_batches():

@@ -6,15 +6,17 @@ import psutil
 import torch
 
 from vllm.distributed.network import internal_host, is_local_address
-from vllm.platforms.cpu_isa import kernel_ops
+from vllm.platforms.cpu_isa import kernel_ops, selected_isa
 from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
 DEFAULT_KV_CACHE_GIB = 4.0
-# Batches up to this many tokens use the GGUF-block kernel, larger ones MKL's float32 GEMM
-# (benchmarks/benchmark_gguf_linear.py on AVX-512: the kernel's lead falls from 3.6x at 8
-# tokens to 1.13x at 64 and 1.05x at 128; from 256 on the GEMM is faster).
-GGUF_KERNEL_MAX_TOKENS = 64
+# Batches up to this many tokens use the GGUF-block kernel, larger ones MKL's float32 GEMM,
+# per kernel build (benchmarks/benchmark_gguf_linear.py, all layers of the demo model).
+# AVX-512: the kernel's lead falls from 3.6x at 8 tokens to 1.13x at 64 and 1.05x at 128,
+# from 256 on the GEMM is faster. AVX2 (2-core EPYC): 3.1x at 1 token, 1.24x at 64, 1.04x
+# at 96, even at 128. Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
+GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
 
 
 class CpuPlatform(Platform):
@@ -56,7 +58,7 @@ class CpuPlatform(Platform):
         ops = kernel_ops()
         if ops is None:
             return None
-        return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS
+        return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS[selected_isa()]
 
     def batch_invariant_linear(self, dtype: torch.dtype):
         from vllm.batch_invariant import BATCH_INVARIANT_ENV
