@@ -8,6 +8,7 @@ Nearly tied means, for a greedy row, the two best logprobs within NEAR_TIE_NATS;
 seeded row, the two tokens' race keys (temperature-scaled logprob plus the row's Gumbel
 noise at that position, vllm/sample/exponential_race.py) within NEAR_TIE_NATS.
 """
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -68,3 +69,19 @@ def assert_equal_up_to_near_ties(got: list, want: list, params: SamplingParams,
                                         f"{have_ids} vs {want_ids}")
     assert compared >= min_compared * total, (f"only {compared} of {total} tokens lie before "
                                               "a near-tie split")
+
+
+TOKEN_ID_PREFIX = "token_id:"
+
+
+def from_openai_choice(choice: dict) -> SimpleNamespace:
+    """A CompletionOutput-like view of one /v1/completions choice that was asked for
+    logprobs with return_tokens_as_token_ids."""
+    def token_id(name: str) -> int:
+        assert name.startswith(TOKEN_ID_PREFIX), name
+        return int(name[len(TOKEN_ID_PREFIX):])
+    logprobs = choice["logprobs"]
+    steps = [{token_id(name): SimpleNamespace(logprob=value) for name, value in top.items()}
+             for top in logprobs["top_logprobs"]]
+    return SimpleNamespace(token_ids=[token_id(name) for name in logprobs["tokens"]],
+                           logprobs=steps)

@@ -161,6 +161,32 @@ def test_completion_logprobs(client):
     assert "".join(logprobs.tokens) == response.choices[0].text
 
 
+def test_tokens_as_token_ids(server, client):
+    """vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>", and those
+    ids detokenize to the text the request returned (completions and chat)."""
+    response = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=5,
+                                         temperature=0, logprobs=2, extra_body={
+                                             "ignore_eos": True,
+                                             "return_tokens_as_token_ids": True})
+    logprobs = response.choices[0].logprobs
+    ids = [int(token.removeprefix("token_id:")) for token in logprobs.tokens]
+    assert all(token.startswith("token_id:") for top in logprobs.top_logprobs for token in top)
+    assert all(f"token_id:{i}" in top for i, top in zip(ids, logprobs.top_logprobs))
+    assert detokenize(server, ids) == response.choices[0].text
+    chat = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+        top_logprobs=1, extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True})
+    entries = chat.choices[0].logprobs.content
+    chat_ids = [int(entry.token.removeprefix("token_id:")) for entry in entries]
+    assert detokenize(server, chat_ids) == chat.choices[0].message.content
+
+
+def detokenize(server, ids: list[int]) -> str:
+    response = post(server, "/detokenize", {"model": MODEL, "tokens": ids})
+    assert response.status_code == 200, response.text
+    return response.json()["prompt"]
+
+
 def test_echo(client):
     response = client.completions.create(model=MODEL, prompt="Echo this:", max_tokens=2,
                                          temperature=0, echo=True)

@@ -63,18 +63,30 @@ def kv_config(role: str, port: Optional[int] = None, extra: Optional[dict] = Non
 
 def make_core(kv: Optional[dict] = None, model: Optional[str] = None,
               **overrides) -> EngineCore:
-    """An in-process EngineCore in batch-invariant mode. The tests compare a consumer's
-    tokens with a colocated core's: the consumer computes a prompt's last token alone or
-    beside whatever else its step holds, the reference inside the whole prompt's prefill.
-    Without the mode those sum in different orders (on AVX2, MKL's float32 GEMM gives a
-    row other bits at M = 1, 2-3 and >= 4) and a seeded draw can flip on the last bit."""
+    """An in-process EngineCore, in batch-invariant mode wherever the mode exists (float32
+    on the CPU platform). The tests compare a consumer's tokens with a colocated core's: the
+    consumer computes a prompt's last token alone or beside whatever else its step holds,
+    the reference inside the whole prompt's prefill. Without the mode those sum in
+    different orders (on AVX2, MKL's float32 GEMM gives a row other bits at M = 1, 2-3 and
+    >= 4) and a seeded draw can flip on the last bit; the bfloat16 and fake-NPU cores,
+    which have no such mode, are compared by the near-tie rule instead."""
     args = dict(model=model, max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=NUM_BLOCKS,
                 dtype="float32", kv_transfer_config=kv)
     args.update(overrides)
     with pytest.MonkeyPatch.context() as env:
-        env.setenv(BATCH_INVARIANT_ENV, "1")
+        env.setenv(BATCH_INVARIANT_ENV, "1" if invariant_mode_exists(args["dtype"]) else "0")
         config = EngineArgs(**args).create_engine_config("llm_class")
     return EngineCore(config)
+
+
+def invariant_mode_exists(dtype: str) -> bool:
+    from vllm.config import ConfigError
+    from vllm.platforms import current_platform
+    try:
+        current_platform.batch_invariant_linear(getattr(torch, dtype))
+    except ConfigError:
+        return False
+    return True
 
 
 class EngineSet:

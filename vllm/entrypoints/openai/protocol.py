@@ -63,6 +63,7 @@ class SamplingRequest(StrictModel):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     kv_transfer_params: Optional[dict[str, Any]] = None
+    return_tokens_as_token_ids: Optional[bool] = None
 
     @property
     def include_usage_in_stream(self) -> bool:

@@ -86,7 +86,7 @@ class OpenAIServingChat(OpenAIServing):
             choice = result.choices.setdefault(completion.index, _Choice())
             logprobs = None
             if request.logprobs and completion.logprobs is not None:
-                logprobs = self._format_logprobs(completion, request.top_logprobs or 0)
+                logprobs = self._format_logprobs(request, completion, request.top_logprobs or 0)
                 choice.logprobs = (choice.logprobs or []) + logprobs
             delta = _Choice(completion.text, len(completion.token_ids), logprobs,
                             completion.finish_reason, completion.stop_reason)
@@ -97,25 +97,20 @@ class OpenAIServingChat(OpenAIServing):
             deltas.append((completion.index, delta, first))
         return deltas
 
-    def _format_logprobs(self, completion: CompletionOutput,
+    def _format_logprobs(self, request: ChatCompletionRequest, completion: CompletionOutput,
                          num_top: int) -> list[ChatTokenLogprob]:
         entries = []
         for token_id, logprobs in zip(completion.token_ids, completion.logprobs):
             sampled = logprobs.get(token_id)
-            token = self._token_text(token_id, sampled)
+            token = self.token_text(request, token_id, sampled)
             ranked = sorted(logprobs.items(), key=lambda item: item[1].rank or 0)
-            top = [ChatTopLogprob(token=self._token_text(tid, lp), logprob=lp.logprob,
-                                  bytes=list(self._token_text(tid, lp).encode()))
+            top = [ChatTopLogprob(token=self.token_text(request, tid, lp), logprob=lp.logprob,
+                                  bytes=list(self.token_text(request, tid, lp).encode()))
                    for tid, lp in ranked if lp.rank is not None and lp.rank <= num_top]
             entries.append(ChatTokenLogprob(
                 token=token, logprob=sampled.logprob if sampled else float("-inf"),
                 bytes=list(token.encode()), top_logprobs=top))
         return entries
-
-    def _token_text(self, token_id: int, logprob) -> str:
-        if logprob is not None and logprob.decoded_token is not None:
-            return logprob.decoded_token
-        return self.tokenizer.decode([token_id])
 
     def _response(self, request_id: str, model_name: str,
                   result: _ChatResult) -> ChatCompletionResponse:

@@ -124,7 +124,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 echo = result.prompt_text if request.echo else ""
             logprobs = None
             if request.logprobs is not None and completion.logprobs is not None:
-                logprobs = self._format_logprobs(completion, len(choice.text) + len(echo))
+                offset = len(choice.text) + len(echo)
+                logprobs = self._format_logprobs(request, completion, offset)
             delta = _Choice(echo + completion.text, len(completion.token_ids), logprobs,
                             completion.finish_reason, completion.stop_reason)
             choice.text += delta.text
@@ -136,23 +137,19 @@ class OpenAIServingCompletion(OpenAIServing):
             deltas.append((completion.index, delta))
         return deltas
 
-    def _format_logprobs(self, completion: CompletionOutput, offset: int) -> CompletionLogprobs:
+    def _format_logprobs(self, request: CompletionRequest, completion: CompletionOutput,
+                         offset: int) -> CompletionLogprobs:
         result = CompletionLogprobs()
         for token_id, entry in zip(completion.token_ids, completion.logprobs):
             sampled = entry.get(token_id)
-            token = self._token_text(token_id, sampled)
+            token = self.token_text(request, token_id, sampled)
             result.text_offset.append(offset)
             result.tokens.append(token)
             result.token_logprobs.append(sampled.logprob if sampled is not None else None)
-            result.top_logprobs.append({self._token_text(tid, lp): lp.logprob
+            result.top_logprobs.append({self.token_text(request, tid, lp): lp.logprob
                                         for tid, lp in entry.items()})
             offset += len(token)
         return result
-
-    def _token_text(self, token_id: int, logprob) -> str:
-        if logprob is not None and logprob.decoded_token is not None:
-            return logprob.decoded_token
-        return self.tokenizer.decode([token_id])
 
     def _response(self, request_id: str, model_name: str, results: list[_PromptResult],
                   n: int) -> CompletionResponse:

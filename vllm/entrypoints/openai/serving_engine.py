@@ -17,6 +17,7 @@ from vllm.entrypoints.openai.request_limits import (RequestLimits, check_prompt_
 from vllm.sampling_params import SamplingParams
 
 T = TypeVar("T")
+TOKEN_ID_PREFIX = "token_id:"
 
 _SAMPLING_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
                     "stop_token_ids", "ignore_eos", "min_tokens", "presence_penalty",
@@ -40,6 +41,15 @@ class OpenAIServing:
     @property
     def tokenizer(self):
         return self.engine.get_tokenizer()
+
+    def token_text(self, request: SamplingRequest, token_id: int, logprob) -> str:
+        """How a logprobs entry names a token: "token_id:<id>" when the request asks for
+        ids (vLLM's return_tokens_as_token_ids), else its decoded text."""
+        if request.return_tokens_as_token_ids:
+            return f"{TOKEN_ID_PREFIX}{token_id}"
+        if logprob is not None and logprob.decoded_token is not None:
+            return logprob.decoded_token
+        return self.tokenizer.decode([token_id])
 
     def resolve_model_name(self, requested: Optional[str]) -> str:
         if requested is None:
