@@ -81,6 +81,21 @@ class Proxy:
             time.sleep(0.5)
         raise RuntimeError(f"proxy not ready:\n{self.read_log()}")
 
+    def wait_listening(self, timeout: float = 60) -> "Proxy":
+        """Until the proxy answers /health at all (it probes every instance once before it
+        listens), healthy instances or not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url + "/health", timeout=5)
+                return self
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"proxy not listening:\n{self.read_log()}")
+
     def read_log(self) -> str:
         with open(self.log.name) as handle:
             return handle.read()[-10000:]

@@ -203,7 +203,7 @@ def test_proxy_without_a_healthy_decoder_answers_503(cluster):
     ghost = type("Ghost", (), {"port": free_port()})()
     proxy = Proxy([cluster["P0"]], [ghost])
     try:
-        time.sleep(3)
+        proxy.wait_listening()
         response = requests.post(proxy.url + "/v1/completions", timeout=30,
                                  json=_body("completion", "hello", False, False))
         assert response.status_code == 503
