@@ -35,6 +35,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     enforce_eager: bool = False  # never record decode steps into graphs
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT (vllm/batch_invariant.py)
+    # From config.json and generation_config.json (--generation-config):
+    eos_token_ids: tuple[int, ...] = ()  # each one ends a request (unless ignore_eos)
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for unset fields
+    default_max_tokens: Optional[int] = None  # max_new_tokens, for requests without one
 
     @property
     def num_layers(self) -> int:

@@ -85,7 +85,7 @@ def make_config(step_sleep: float = 0.0) -> VllmConfig:
 
 def engine_request(request_id: str, prompt: list[int], **params) -> EngineCoreRequest:
     return EngineCoreRequest(request_id, prompt, sampling_params_to_dict(SamplingParams(**params)),
-                             None, time.time())
+                             [], time.time())
 
 
 async def started_client(executor=FakeExecutor, step_sleep: float = 0.0) -> EngineCoreClient:

@@ -1,7 +1,7 @@
 """A request as the engine core tracks it."""
 import enum
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from vllm.sampling_params import SamplingParams
 
@@ -33,13 +33,14 @@ FINISH_REASONS = {
 class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
-                 sampling_params: SamplingParams, eos_token_id: Optional[int],
+                 sampling_params: SamplingParams,
+                 eos_token_ids: Union[int, Sequence[int], None],
                  arrival_time: Optional[float] = None,
                  kv_transfer_params: Optional[dict[str, Any]] = None):
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
         self.sampling_params = sampling_params
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = _as_tuple(eos_token_ids)
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.kv_transfer_params = kv_transfer_params
         self.status = RequestStatus.WAITING
@@ -76,3 +77,11 @@ class Request:
 
     def get_finished_reason(self) -> Optional[str]:
         return FINISH_REASONS.get(self.status)
+
+
+def _as_tuple(eos_token_ids: Union[int, Sequence[int], None]) -> tuple[int, ...]:
+    if eos_token_ids is None:
+        return ()
+    if isinstance(eos_token_ids, int):
+        return (eos_token_ids,)
+    return tuple(eos_token_ids)

@@ -295,5 +295,5 @@ def _to_engine_request(request: Request) -> EngineCoreRequest:
     return EngineCoreRequest(
         request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
         sampling_params=sampling_params_to_dict(request.sampling_params),
-        eos_token_id=request.eos_token_id, arrival_time=request.arrival_time,
+        eos_token_ids=list(request.eos_token_ids), arrival_time=request.arrival_time,
         kv_transfer_params=request.kv_transfer_params)

@@ -47,7 +47,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
     request_id: str
     prompt_token_ids: list[int]
     sampling_params: dict[str, Any]
-    eos_token_id: Optional[int]
+    eos_token_ids: list[int]
     arrival_time: float
     kv_transfer_params: Optional[dict[str, Any]] = None
 
@@ -194,7 +194,7 @@ class EngineCoreProc:
         try:
             params = sampling_params_from_dict(message.sampling_params)
             request = Request(message.request_id, message.prompt_token_ids, params,
-                              message.eos_token_id, message.arrival_time,
+                              message.eos_token_ids, message.arrival_time,
                               message.kv_transfer_params)
             self.engine_core.add_request(request)
         except ValueError as error:

@@ -17,12 +17,6 @@ class Processor:
     def __init__(self, model_config: ModelConfig, tokenizer):
         self.model_config = model_config
         self.tokenizer = tokenizer
-        cfg = model_config.hf_config
-        self.eos_token_id = getattr(cfg, "eos_token_id", None)
-        if isinstance(self.eos_token_id, list):
-            self.eos_token_id = self.eos_token_id[0] if self.eos_token_id else None
-        if self.eos_token_id is None and tokenizer is not None:
-            self.eos_token_id = tokenizer.eos_token_id
 
     def parse_prompt(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
         if isinstance(prompt, str):
@@ -59,12 +53,17 @@ class Processor:
                 "and at least one token must be generated")
         if params.max_tokens is None:
             params = params.clone()
-            params.max_tokens = max_len - num_prompt
+            params.max_tokens = self._default_max_tokens(max_len - num_prompt)
         if params.logprobs is not None and params.logprobs > self.model_config.vocab_size:
             raise InvalidRequestError(f"logprobs={params.logprobs} exceeds the vocabulary size")
         check_params_in_vocab(params, self.model_config.vocab_size)
-        return Request(request_id, prompt_token_ids, params, self.eos_token_id,
+        return Request(request_id, prompt_token_ids, params, self.model_config.eos_token_ids,
                        arrival_time, kv_transfer_params)
+
+    def _default_max_tokens(self, room: int) -> int:
+        """The generation config's max_new_tokens, else up to max_model_len."""
+        default = self.model_config.default_max_tokens
+        return room if default is None else min(room, default)
 
     def make_requests(self, request_id: str, prompt_token_ids: list[int],
                       params: SamplingParams, kv_transfer_params: Optional[dict] = None

@@ -28,7 +28,6 @@ class ModelRunner:
         self.requests: dict[str, CachedRequestState] = {}
         self.sampler = Sampler()
         self.graph_runner = None  # decode steps as graphs, where the platform offers them
-        self.eos_token_id = getattr(self.model_config.hf_config, "eos_token_id", None)
 
     def load_model(self) -> None:
         from vllm.model_executor.model_loader import get_model
@@ -99,7 +98,8 @@ class ModelRunner:
             states = [self.requests[r] for r in batch.sampling_req_ids]
             metadata = SamplingMetadata.build(
                 [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
-                [s.output_token_ids for s in states], logits.shape[-1], self.eos_token_id)
+                [s.output_token_ids for s in states], logits.shape[-1],
+                self.model_config.eos_token_ids)
             output = self.sampler(logits, metadata)
             token_ids = output.sampled_token_ids.tolist()
             for i, state in enumerate(states):

@@ -9,8 +9,7 @@ from fastapi.responses import JSONResponse
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogprobs,
                                               CompletionRequest, CompletionResponse, request_id_for)
-from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
-                                                    build_sampling_params, make_usage,
+from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing, make_usage,
                                                     merge_async_iterators,
                                                     run_until_disconnected, sse_error,
                                                     sse_event)
@@ -51,10 +50,9 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("echo with logprobs needs prompt logprobs, which are not "
                               "supported yet", param="echo")
         self.check_limits(request, len(_prompt_list(request.prompt)))
-        params = build_sampling_params(request, request.max_tokens, request.logprobs,
-                                       request.best_of)
-        prompts = await asyncio.to_thread(self._tokenize_prompts, request.prompt,
-                                          request.max_tokens)
+        max_tokens = self._max_tokens(request)
+        params = self.sampling_params(request, max_tokens, request.logprobs, request.best_of)
+        prompts = await asyncio.to_thread(self._tokenize_prompts, request.prompt, max_tokens)
         request_id = request_id_for(raw_request, "cmpl")
         request_ids, generators = self._start(request, request_id, prompts, params)
         results = [_PromptResult(self._prompt_text(text, ids), len(ids)) for text, ids in prompts]
@@ -80,6 +78,14 @@ class OpenAIServingCompletion(OpenAIServing):
             self.abort_all(request_ids)
             raise
         return request_ids, generators
+
+    def _max_tokens(self, request: CompletionRequest) -> Optional[int]:
+        """The request's max_tokens; unset, the model's default (None: the engine fills it
+        in) replaces the protocol's 16."""
+        unset = "max_tokens" not in request.model_fields_set
+        if unset and self.engine.model_config.default_max_tokens is not None:
+            return None
+        return request.max_tokens
 
     def _tokenize_prompts(self, prompt, max_tokens: Optional[int]
                           ) -> list[tuple[Optional[str], list[int]]]:

@@ -104,6 +104,13 @@ class OpenAIServing:
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  background=BackgroundTask(self.abort_all, request_ids))
 
+    def sampling_params(self, request: SamplingRequest, max_tokens: Optional[int],
+                        logprobs: Optional[int], best_of: Optional[int] = None
+                        ) -> SamplingParams:
+        """The request's sampling parameters over the model's generation defaults."""
+        return build_sampling_params(request, max_tokens, logprobs, best_of,
+                                     self.engine.model_config.sampling_defaults)
+
     def check_length(self, num_prompt_tokens: int, max_tokens: Optional[int]) -> None:
         if num_prompt_tokens >= self.max_model_len:
             raise OpenAIError(
@@ -126,11 +133,13 @@ def _template_message(message: ChatMessage) -> dict[str, str]:
 
 
 def build_sampling_params(request: SamplingRequest, max_tokens: Optional[int],
-                          logprobs: Optional[int], best_of: Optional[int] = None
-                          ) -> SamplingParams:
-    """SamplingParams from a request; an invalid value is a 400 naming it."""
-    kwargs: dict[str, Any] = {name: getattr(request, name) for name in _SAMPLING_FIELDS
-                              if getattr(request, name) is not None}
+                          logprobs: Optional[int], best_of: Optional[int] = None,
+                          defaults: Optional[dict[str, Any]] = None) -> SamplingParams:
+    """SamplingParams from a request, `defaults` (the model's generation config) filling
+    the fields it leaves unset; an invalid value is a 400 naming it."""
+    kwargs: dict[str, Any] = dict(defaults or {})
+    kwargs.update((name, getattr(request, name)) for name in _SAMPLING_FIELDS
+                  if getattr(request, name) is not None)
     if logprobs is not None:
         kwargs["logprobs"] = logprobs
     if best_of is not None:
