@@ -1,9 +1,12 @@
 """A request as the engine core tracks it."""
 import enum
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from vllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from vllm.core.messages import EngineCoreRequest
 
 
 class RequestStatus(enum.IntEnum):
@@ -51,6 +54,13 @@ class Request:
         self.num_cached_tokens = -1  # prefix-cache hits at first scheduling
         self.num_preemptions = 0
         self.block_hashes: list[int] = []
+
+    @classmethod
+    def from_engine_request(cls, message: "EngineCoreRequest",
+                            eos_token_ids: Sequence[int]) -> "Request":
+        """The engine core's one Request of a front end's message; eos ids are the model's."""
+        return cls(message.request_id, message.prompt_token_ids, message.sampling_params,
+                   eos_token_ids, message.arrival_time, message.kv_transfer_params)
 
     @property
     def num_prompt_tokens(self) -> int:

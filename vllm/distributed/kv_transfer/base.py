@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from vllm.kv_transfer_params import KvInfo
+
 
 class ConnectorEvents(NamedTuple):
     """What happened since the scheduler last asked (see KVConnectorScheduler.poll)."""
@@ -57,9 +59,9 @@ class KVConnectorScheduler(ABC):
         """ZMQ sockets whose traffic should wake an idle engine core."""
         return []
 
-    def info(self) -> dict[str, Any]:
-        """What a proxy needs to route to this instance."""
-        return {}
+    def info(self) -> Optional[KvInfo]:
+        """Where a consumer reaches this instance's KV (None: nowhere)."""
+        return None
 
     def shutdown(self) -> None:
         pass

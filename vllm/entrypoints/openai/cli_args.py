@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from vllm.entrypoints.openai.request_body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N
+from vllm.kv_transfer_params import KV_ROLES
 
 KV_TRANSFER_CONFIG_KEYS = {
     "kv_connector": (str,), "kv_role": (str,), "kv_rank": (int,), "kv_parallel_size": (int,),
@@ -19,7 +20,6 @@ KV_TRANSFER_CONFIG_KEYS = {
     "kv_connector_extra_config": (dict,), "kv_connector_module_path": (str,),
     "kv_load_failure_policy": (str,),
 }
-KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
 KV_LOAD_FAILURE_POLICIES = ("recompute", "fail")
 ADDITIONAL_CONFIG_KEYS = {
     "torchair_graph_config": (dict,), "chunked_prefill_for_mla": (bool,),

@@ -54,10 +54,10 @@ class OpenAIServingChat(OpenAIServing):
         text, token_ids = await asyncio.to_thread(
             self.render_chat, request.messages, request.add_generation_prompt,
             request.chat_template_kwargs)
-        self.check_length(len(token_ids), max_tokens)
+        prompt = self.parse_prompt({"prompt": text, "prompt_token_ids": token_ids}, max_tokens,
+                                   "messages")
         request_id = request_id_for(raw_request, "chatcmpl")
-        outputs = self.engine.generate({"prompt": text, "prompt_token_ids": token_ids}, params,
-                                       request_id, request.kv_transfer_params)
+        outputs = self.engine.generate(prompt, params, request_id, request.kv_transfer_params)
         result = _ChatResult(len(token_ids))
         if request.stream:
             chunks = self._stream(request, request_id, model_name, outputs, result)

@@ -6,6 +6,7 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from vllm.engine.processor import ParsedPrompt
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogprobs,
                                               CompletionRequest, CompletionResponse, request_id_for)
@@ -71,9 +72,8 @@ class OpenAIServingCompletion(OpenAIServing):
         """Add one engine request per prompt; all or none (a failure aborts the others)."""
         request_ids = [f"{request_id}-{index}" for index in range(len(prompts))]
         try:
-            generators = [self.engine.generate({"prompt": text, "prompt_token_ids": ids},
-                                               params, rid, request.kv_transfer_params)
-                          for rid, (text, ids) in zip(request_ids, prompts)]
+            generators = [self.engine.generate(prompt, params, rid, request.kv_transfer_params)
+                          for rid, prompt in zip(request_ids, prompts)]
         except BaseException:
             self.abort_all(request_ids)
             raise
@@ -87,8 +87,7 @@ class OpenAIServingCompletion(OpenAIServing):
             return None
         return request.max_tokens
 
-    def _tokenize_prompts(self, prompt, max_tokens: Optional[int]
-                          ) -> list[tuple[Optional[str], list[int]]]:
+    def _tokenize_prompts(self, prompt, max_tokens: Optional[int]) -> list[ParsedPrompt]:
         """Each prompt's text and token ids; the first that cannot fit stops the work (run
         off the event loop: a batch of long prompts takes a while)."""
         if isinstance(prompt, list) and not prompt:
@@ -98,14 +97,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 self.check_prompt_text(one)
         parsed = []
         for one in _prompt_list(prompt):
-            try:
-                text, token_ids = self.engine.processor.parse_prompt(one)
-            except ValueError as error:
-                raise OpenAIError(str(error), param="prompt") from None
-            if not token_ids:
-                raise OpenAIError("'prompt' must not be empty", param="prompt")
-            self.check_length(len(token_ids), max_tokens)
-            parsed.append((text, token_ids))
+            parsed.append(self.parse_prompt(one, max_tokens, "prompt"))
         return parsed
 
     def _prompt_text(self, text: Optional[str], token_ids: list[int]) -> str:
