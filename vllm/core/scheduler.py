@@ -79,9 +79,6 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.waiting_for_remote)
 
-    def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.waiting_for_remote)
-
     def has_work(self) -> bool:
         """Something to schedule, to report, or to tell the workers."""
         connector_busy = self.connector is not None and self.connector.has_pending_work()

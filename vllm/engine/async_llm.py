@@ -102,10 +102,6 @@ class AsyncLLM:
         self._output_task = asyncio.get_running_loop().create_task(self._run_output_handler())
         self.client.request_stats()  # so the first metrics show the idle engine
 
-    @property
-    def is_dead(self) -> bool:
-        return not self.client.is_alive
-
     def check_health(self) -> None:
         if self._draining:
             raise EngineDeadError("the server is shutting down")

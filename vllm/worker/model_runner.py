@@ -73,6 +73,8 @@ class ModelRunner:
             self.connector.bind_connector_metadata(scheduler_output.kv_connector_metadata)
         if scheduler_output.is_empty:
             return EMPTY_MODEL_RUNNER_OUTPUT
+        if self.connector is not None:
+            self.connector.start_load_kv()
         batch = build_batch_inputs(self.requests, scheduler_output.num_scheduled_tokens,
                                    self.block_size)
         if self.graph_runner is not None and self.graph_runner.can_run(batch.attn_metadata):

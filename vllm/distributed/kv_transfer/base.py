@@ -79,10 +79,11 @@ class KVConnectorWorker(ABC):
         """This step's instructions, before the forward pass."""
 
     def start_load_kv(self) -> None:
-        """Begin pulling KV for this step (pull connectors)."""
+        """Begin pulling KV for this step, before the forward pass (pull connectors)."""
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Block until layer_name's KV for this step is in place (pull connectors)."""
+        """Block until layer_name's KV for this step is in place; the attention layer calls
+        it before reading its cache (pull connectors)."""
 
     @abstractmethod
     def save_kv_layer(self, layer_name: str, kv_cache: torch.Tensor) -> None:
@@ -90,10 +91,6 @@ class KVConnectorWorker(ABC):
 
     def wait_for_save(self) -> None:
         """End of the forward pass."""
-
-    def get_finished(self) -> tuple[set[str], set[str]]:
-        """(finished sending, finished receiving) since the last call."""
-        return set(), set()
 
     def shutdown(self) -> None:
         pass
