@@ -9,7 +9,7 @@ from two_eos_model import (DEFAULT_MAX_TOKENS, FORCE_SECOND_EOS, PROMPT, SAMPLIN
 from vllm import LLM, SamplingParams
 from vllm.config import ConfigError
 from vllm.engine.arg_utils import EngineArgs
-from vllm.entrypoints.openai.protocol import CompletionRequest
+from vllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.openai.serving_engine import build_sampling_params
 
 FILE_DEFAULTS = SAMPLING_DEFAULTS
@@ -94,6 +94,14 @@ def test_server_fields_left_unset_take_the_defaults():
                                  defaults=FILE_DEFAULTS)
     assert (mine.temperature, mine.top_p, mine.repetition_penalty, mine.max_tokens) == \
         (0.7, 0.5, 1.0, 4)
+
+
+def test_chat_fields_left_unset_take_the_defaults():
+    chat = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], top_p=0.5)
+    params = build_sampling_params(chat, chat.max_tokens, None,
+                                   defaults={"temperature": 0.5, "top_p": 0.9, "top_k": 4})
+    assert (params.temperature, params.top_p, params.top_k, params.max_tokens) == \
+        (0.5, 0.5, 4, None)
 
 
 def test_a_generation_config_folder_replaces_the_models(two_eos_model, tmp_path):
