@@ -119,12 +119,12 @@ def _check_architecture(hf_config) -> None:
 def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:
     """Heads are dealt out in KV groups (see head_split); MLP rows split evenly."""
     from vllm.distributed.head_split import check_head_split
+    from vllm.kv_shape import num_kv_heads
     heads = getattr(hf_config, "num_attention_heads", None)
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     intermediate = getattr(hf_config, "intermediate_size", None)
     if heads is not None:
         try:
-            check_head_split(tp_size, heads, kv_heads)
+            check_head_split(tp_size, heads, num_kv_heads(hf_config))
         except ValueError as error:
             raise ConfigError(str(error)) from None
     if intermediate is not None and intermediate % tp_size:
