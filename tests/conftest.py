@@ -54,6 +54,22 @@ def uneven_qwen2(tmp_path_factory) -> str:
                            hidden_size=96, num_attention_heads=6, num_key_value_heads=3)
 
 
+@pytest.fixture(scope="session")
+def wide_vocab_model(tmp_path_factory) -> str:
+    """A tiny Llama with the demo tokenizer's vocabulary (49152): any text, chat too."""
+    return make_tiny_model(str(tmp_path_factory.mktemp("wide_vocab")), "llama",
+                           vocab_size=49152)
+
+
+@pytest.fixture(scope="session")
+def two_eos_model(tmp_path_factory) -> str:
+    """A tiny Llama whose generation_config.json lists two eos ids (two_eos_model.py)."""
+    from two_eos_model import write_generation_config
+    folder = make_tiny_model(str(tmp_path_factory.mktemp("two_eos")), "llama", seed=5)
+    write_generation_config(folder)
+    return folder
+
+
 def read_json(path: str) -> dict:
     with open(path) as handle:
         return json.load(handle)

@@ -125,12 +125,3 @@ def test_output_text_buffer_length():
     assert SamplingParams(stop=["ab", "abcd"]).output_text_buffer_length == 3
     params = SamplingParams(stop=["abcd"], include_stop_str_in_output=True)
     assert params.output_text_buffer_length == 0
-
-
-def test_update_from_generation_config_adds_extra_eos_ids():
-    params = SamplingParams(stop_token_ids=[9])
-    params.update_from_generation_config({"eos_token_id": [2, 0, 9]}, model_eos_token_id=0)
-    assert params.stop_token_ids == [9, 2]
-    ignoring = SamplingParams(ignore_eos=True)
-    ignoring.update_from_generation_config({"eos_token_id": 2}, model_eos_token_id=0)
-    assert ignoring.stop_token_ids == []

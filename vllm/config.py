@@ -4,6 +4,8 @@ from typing import Any, Optional
 
 import torch
 
+from vllm import kv_shape
+
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -35,6 +37,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     enforce_eager: bool = False  # never record decode steps into graphs
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT (vllm/batch_invariant.py)
+    # From config.json and generation_config.json (--generation-config):
+    eos_token_ids: tuple[int, ...] = ()  # each one ends a request (unless ignore_eos)
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for unset fields
+    default_max_tokens: Optional[int] = None  # max_new_tokens, for requests without one
 
     @property
     def num_layers(self) -> int:
@@ -42,13 +48,11 @@ class ModelConfig:
 
     @property
     def num_kv_heads(self) -> int:
-        return getattr(self.hf_config, "num_key_value_heads", None) or \
-            self.hf_config.num_attention_heads
+        return kv_shape.num_kv_heads(self.hf_config)
 
     @property
     def head_size(self) -> int:
-        cfg = self.hf_config
-        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return kv_shape.head_size(self.hf_config)
 
     @property
     def vocab_size(self) -> int:

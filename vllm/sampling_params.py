@@ -144,17 +144,6 @@ class SamplingParams:
         """Return a deep copy."""
         return copy.deepcopy(self)
 
-    def update_from_generation_config(
-        self, generation_config: dict[str, Any], model_eos_token_id: int | None
-    ) -> None:
-        """Add the generation config's extra eos ids to ``stop_token_ids``."""
-        eos_ids = _as_list(generation_config.get("eos_token_id"))
-        extra = {i for i in eos_ids if i != model_eos_token_id}
-        if self.ignore_eos or not extra:
-            return
-        new_ids = [i for i in sorted(extra) if i not in self.stop_token_ids]
-        self.stop_token_ids = self.stop_token_ids + new_ids
-
     def _verify(self) -> None:
         self._verify_lengths()
         self._verify_sampling()

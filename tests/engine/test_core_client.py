@@ -16,7 +16,7 @@ from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.core.sched_output import ModelRunnerOutput
 from vllm.engine.async_llm import AsyncLLM
 from vllm.engine.core_client import EngineCoreClient, EngineDeadError, EngineStartError
-from vllm.engine.core_proc import EngineCoreRequest, sampling_params_to_dict
+from vllm.core.messages import EngineCoreRequest
 from vllm.engine.processor import InvalidRequestError
 from vllm.sampling_params import SamplingParams
 
@@ -84,8 +84,7 @@ def make_config(step_sleep: float = 0.0) -> VllmConfig:
 
 
 def engine_request(request_id: str, prompt: list[int], **params) -> EngineCoreRequest:
-    return EngineCoreRequest(request_id, prompt, sampling_params_to_dict(SamplingParams(**params)),
-                             None, time.time())
+    return EngineCoreRequest(request_id, prompt, SamplingParams(**params), time.time())
 
 
 async def started_client(executor=FakeExecutor, step_sleep: float = 0.0) -> EngineCoreClient:
@@ -174,9 +173,9 @@ def test_engine_rejects_what_it_can_never_run():
         try:
             too_long = list(range(1, NUM_BLOCKS * BLOCK_SIZE + 2))
             client.add_request(engine_request("huge", too_long, max_tokens=1))
-            bad = engine_request("bad", [1, 2], max_tokens=1)
-            bad.sampling_params["temperature"] = -3.0
-            client.add_request(bad)
+            # Sampling values were validated by the front end; the vocabulary is the engine's.
+            client.add_request(engine_request("bad", [1, 2], max_tokens=1,
+                                              logit_bias={49152: 1.0}))
             client.add_request(engine_request("fine", [1, 2], max_tokens=2))
             seen = []
             await collect_until(client, lambda b: seen.append(b) or "fine" in finished_ids(seen))
@@ -188,7 +187,7 @@ def test_engine_rejects_what_it_can_never_run():
     rejected = {k: v for batch in seen for k, v in batch.rejected.items()}
     assert set(rejected) == {"huge", "bad"}
     assert "can never fit" in rejected["huge"]
-    assert "temperature" in rejected["bad"]
+    assert "logit_bias is outside the vocabulary" in rejected["bad"]
 
 
 def test_start_failure_is_reported_with_its_reason():

@@ -21,7 +21,7 @@ def core():
 
 def greedy_request(request_id: str, prompt: list[int], max_tokens: int = 4) -> Request:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    return Request(request_id, prompt, params, eos_token_id=None)
+    return Request(request_id, prompt, params, eos_token_ids=None)
 
 
 def run_to_completion(core: EngineCore) -> dict[str, list[int]]:

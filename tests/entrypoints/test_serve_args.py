@@ -155,7 +155,11 @@ def run_serve(command_line: str) -> subprocess.CompletedProcess:
     ("--kv-transfer-config '{oops'", "--kv-transfer-config: malformed JSON"),
     ("--max-model-len 0", "--max-model-len must be a positive integer"),
     ("--tensor-parallel-size 8", "3 KV heads cannot be spread over --tensor-parallel-size=8"),
-], ids=["seed-prefill-P1", "seed-decode-D2", "bad-json", "config-error", "tp-8"])
+    ("--generation-config greedy",
+     "--generation-config must be 'auto', 'vllm' or a folder holding generation_config.json"),
+    ("--generation-config /", "--generation-config folder / has no generation_config.json"),
+], ids=["seed-prefill-P1", "seed-decode-D2", "bad-json", "config-error", "tp-8",
+        "generation-config-value", "generation-config-folder"])
 def test_refusals_print_one_line_and_exit_2(command_line, named):
     result = run_serve(command_line)
     assert result.returncode == 2, result.stderr

@@ -13,9 +13,11 @@ def fixed_global_seed():
 def build_metadata():
     """Build SamplingMetadata with empty token histories unless given."""
 
-    def build(params, vocab_size, prompts=None, outputs=None, eos=None):
+    def build(params, vocab_size, prompts=None, outputs=None, eos=()):
+        """`eos`: one eos id or a sequence of them."""
         prompts = prompts if prompts is not None else [[] for _ in params]
         outputs = outputs if outputs is not None else [[] for _ in params]
-        return SamplingMetadata.build(params, prompts, outputs, vocab_size, eos)
+        eos_ids = (eos,) if isinstance(eos, int) else tuple(eos)
+        return SamplingMetadata.build(params, prompts, outputs, vocab_size, eos_ids)
 
     return build

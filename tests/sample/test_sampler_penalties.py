@@ -119,3 +119,13 @@ def test_min_tokens_blocks_stop_token_ids_and_respects_ignore_eos(build_metadata
     assert processed[2, EOS] == 10.0 and processed[2, 7] == 5.0
     sampled = Sampler()(_eos_favoured_logits(3), metadata).sampled_token_ids
     assert sampled.tolist() == [1, EOS, EOS]
+
+
+def test_min_tokens_blocks_every_eos_id(build_metadata):
+    params = [SamplingParams(temperature=0.0, min_tokens=1)]
+    logits = _eos_favoured_logits(1)
+    logits[0, 7] = 20.0  # the second eos id is the top token, EOS the next
+    metadata = build_metadata(params, VOCAB, eos=(EOS, 7))
+    processed = apply_logits_processors(logits, metadata)
+    assert math.isinf(processed[0, EOS]) and math.isinf(processed[0, 7])
+    assert Sampler()(logits, metadata).sampled_token_ids.tolist() not in ([EOS], [7])

@@ -256,7 +256,8 @@ def run_sampler(batch: list[Row], dtype: torch.dtype, steps: int = 1) -> list[li
     logits = torch.tensor([row.raw for row in batch], dtype=torch.float32).to(dtype)  # (B, V)
     metadata = SamplingMetadata.build(
         [row.params for row in batch], [row.prompt for row in batch],
-        [row.output for row in batch], len(batch[0].raw), batch[0].eos,
+        [row.output for row in batch], len(batch[0].raw),
+        () if batch[0].eos is None else (batch[0].eos,),
     )
     sampler = Sampler()
     return [

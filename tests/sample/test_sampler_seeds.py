@@ -30,7 +30,7 @@ def _run(names, global_seed, requests=None):
     logits = torch.stack([requests[name][1] for name in names])  # (B, V)
     outputs = [[] for _ in names]
     for _ in range(NUM_STEPS):
-        metadata = SamplingMetadata.build(params, [[] for _ in names], outputs, VOCAB, None)
+        metadata = SamplingMetadata.build(params, [[] for _ in names], outputs, VOCAB, ())
         tokens = Sampler()(logits, metadata).sampled_token_ids.tolist()
         outputs = [output + [token] for output, token in zip(outputs, tokens)]
     return dict(zip(names, outputs))

@@ -63,7 +63,7 @@ def test_max_num_logprobs_is_the_largest_request(build_metadata):
 
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="same length"):
-        SamplingMetadata.build([SamplingParams()], [[1]], [], VOCAB, None)
+        SamplingMetadata.build([SamplingParams()], [[1]], [], VOCAB, ())
 
 
 def test_seeds_and_positions_per_row(build_metadata):

@@ -2,7 +2,7 @@
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -81,6 +81,17 @@ class AttentionBackend(ABC):
     def build_metadata(common: CommonAttentionMetadata):
         """Turn the common description into this backend's metadata."""
         return common
+
+    # What the platform asks of its backend (the platform never imports a backend).
+    @staticmethod
+    def preferred_block_size() -> Optional[int]:
+        """The block size this backend needs for its fastest kernels; None: any."""
+        return None
+
+    @staticmethod
+    def can_capture_decode(block_size: int) -> bool:
+        """Whether a decode step over this backend may be recorded as a graph."""
+        return True
 
     # KV transfer between instances. The defaults serve the (2, num_blocks, block_size,
     # KVH, D) layout; backends with another layout override both.

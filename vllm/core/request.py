@@ -1,9 +1,12 @@
 """A request as the engine core tracks it."""
 import enum
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from vllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from vllm.core.messages import EngineCoreRequest
 
 
 class RequestStatus(enum.IntEnum):
@@ -33,13 +36,14 @@ FINISH_REASONS = {
 class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
-                 sampling_params: SamplingParams, eos_token_id: Optional[int],
+                 sampling_params: SamplingParams,
+                 eos_token_ids: Union[int, Sequence[int], None],
                  arrival_time: Optional[float] = None,
                  kv_transfer_params: Optional[dict[str, Any]] = None):
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
         self.sampling_params = sampling_params
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = _as_tuple(eos_token_ids)
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.kv_transfer_params = kv_transfer_params
         self.status = RequestStatus.WAITING
@@ -50,6 +54,13 @@ class Request:
         self.num_cached_tokens = -1  # prefix-cache hits at first scheduling
         self.num_preemptions = 0
         self.block_hashes: list[int] = []
+
+    @classmethod
+    def from_engine_request(cls, message: "EngineCoreRequest",
+                            eos_token_ids: Sequence[int]) -> "Request":
+        """The engine core's one Request of a front end's message; eos ids are the model's."""
+        return cls(message.request_id, message.prompt_token_ids, message.sampling_params,
+                   eos_token_ids, message.arrival_time, message.kv_transfer_params)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -76,3 +87,11 @@ class Request:
 
     def get_finished_reason(self) -> Optional[str]:
         return FINISH_REASONS.get(self.status)
+
+
+def _as_tuple(eos_token_ids: Union[int, Sequence[int], None]) -> tuple[int, ...]:
+    if eos_token_ids is None:
+        return ()
+    if isinstance(eos_token_ids, int):
+        return (eos_token_ids,)
+    return tuple(eos_token_ids)

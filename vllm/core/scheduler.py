@@ -5,11 +5,12 @@ from typing import Iterable, NamedTuple
 
 from vllm.config import VllmConfig
 from vllm.core.kv_cache_manager import KVCacheManager
-from vllm.core.outputs import EngineCoreOutput
+from vllm.core.messages import EngineCoreOutput
 from vllm.core.request import Request, RequestStatus
 from vllm.core.sched_output import (CachedRequestData, ModelRunnerOutput, NewRequestData,
                                     SchedulerOutput)
 from vllm.core.stop import check_stop
+from vllm.kv_transfer_params import computed_locally
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -78,9 +79,6 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.waiting_for_remote)
 
-    def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + len(self.running) + len(self.waiting_for_remote)
-
     def has_work(self) -> bool:
         """Something to schedule, to report, or to tell the workers."""
         connector_busy = self.connector is not None and self.connector.has_pending_work()
@@ -112,7 +110,7 @@ class Scheduler:
         request.num_computed_tokens = request.num_prompt_tokens - 1
         request.num_cached_tokens = request.num_computed_tokens
         # Done with the producer: if preempted later, recompute here like any request.
-        request.kv_transfer_params = {**request.kv_transfer_params, "do_remote_prefill": False}
+        request.kv_transfer_params = computed_locally(request.kv_transfer_params)
         self.kv_cache_manager.cache_computed_blocks(request, request.num_computed_tokens)
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
@@ -129,7 +127,7 @@ class Scheduler:
             return
         logger.info("request %s: %s; recomputing its prompt locally", request_id, reason)
         self.kv_cache_manager.free(request)
-        request.kv_transfer_params = {**request.kv_transfer_params, "do_remote_prefill": False}
+        request.kv_transfer_params = computed_locally(request.kv_transfer_params)
         request.num_computed_tokens = 0
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)

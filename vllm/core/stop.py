@@ -10,7 +10,7 @@ def check_stop(request: Request, max_model_len: int) -> bool:
     if request.num_output_tokens < params.min_tokens:
         return False
     last_token = request.output_token_ids[-1]
-    if not params.ignore_eos and last_token == request.eos_token_id:
+    if not params.ignore_eos and last_token in request.eos_token_ids:
         request.status = RequestStatus.FINISHED_STOPPED
         return True
     if params.stop_token_ids and last_token in params.stop_token_ids:

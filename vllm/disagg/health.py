@@ -4,7 +4,8 @@ from typing import Optional
 
 import aiohttp
 
-from vllm.disagg.instances import Instance, InstanceRegistry, KvInfo
+from vllm.disagg.instances import Instance, InstanceRegistry
+from vllm.kv_transfer_params import KvInfo
 from vllm.disagg.upstream import describe
 from vllm.logger import init_logger
 

@@ -1,42 +1,12 @@
 """The prefill and decode instances: health flag, KV endpoint and the proxy's load on each."""
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from vllm.disagg.proxy_config import DECODE, PREFILL, ROLES
+from vllm.kv_transfer_params import KvInfo
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
-
-KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
-
-
-@dataclass(frozen=True)
-class KvInfo:
-    """An instance's KV connector endpoint, as its /v1/kv_transfer/info reports it."""
-    engine_id: str
-    kv_role: str
-    kv_host: str
-    kv_port: int
-    tensor_parallel_size: int
-
-    @classmethod
-    def from_json(cls, data: Any) -> "KvInfo":
-        """Parse the info body; raises ValueError naming the first bad field."""
-        if not isinstance(data, dict):
-            raise ValueError("kv_transfer info is not a JSON object")
-        _require(data, "engine_id", str, lambda v: bool(v))
-        _require(data, "kv_role", str, lambda v: v in KV_ROLES)
-        _require(data, "kv_host", str, lambda v: bool(v))
-        _require(data, "kv_port", int, lambda v: 0 < v < 65536)
-        _require(data, "tensor_parallel_size", int, lambda v: v >= 1)
-        return cls(data["engine_id"], data["kv_role"], data["kv_host"], data["kv_port"],
-                   data["tensor_parallel_size"])
-
-
-def _require(data: dict, name: str, kind: type, valid: Callable[[Any], bool]) -> None:
-    value = data.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) or not valid(value):
-        raise ValueError(f"kv_transfer info field {name!r} is invalid: {value!r}")
 
 
 @dataclass(eq=False)

@@ -1,9 +1,7 @@
 """What the prefill and decode instances receive for one client request."""
 from typing import Any, Optional
 
-from vllm.disagg.instances import KvInfo
-
-KV_PARAMS = "kv_transfer_params"
+from vllm.kv_transfer_params import KV_TRANSFER_PARAMS, KvInfo, consumer_params, producer_params
 
 
 def prefill_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -16,7 +14,7 @@ def prefill_body(body: dict[str, Any]) -> dict[str, Any]:
     prefill["stream"] = False
     prefill.pop("stream_options", None)
     prefill["n"] = 1
-    prefill[KV_PARAMS] = {"do_remote_decode": True, "do_remote_prefill": False}
+    prefill[KV_TRANSFER_PARAMS] = producer_params()
     return prefill
 
 
@@ -27,12 +25,8 @@ def decode_body(body: dict[str, Any], producer: Optional[KvInfo]) -> dict[str, A
     gets the body without kv_transfer_params and computes the prompt itself.
     """
     decode = dict(body)
-    decode.pop(KV_PARAMS, None)
+    decode.pop(KV_TRANSFER_PARAMS, None)
     if producer is None:
         return decode
-    decode[KV_PARAMS] = {"do_remote_prefill": True, "do_remote_decode": False,
-                         "remote_engine_id": producer.engine_id,
-                         "remote_host": producer.kv_host,
-                         "remote_port": producer.kv_port,
-                         "remote_tp_size": producer.tensor_parallel_size}
+    decode[KV_TRANSFER_PARAMS] = consumer_params(producer)
     return decode

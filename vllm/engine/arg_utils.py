@@ -1,5 +1,6 @@
 """Engine arguments named as vLLM's, and their resolution into a VllmConfig."""
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,6 +33,7 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     distributed_executor_backend: Optional[str] = None
     enforce_eager: bool = False
+    generation_config: str = "auto"  # auto | vllm | a folder with generation_config.json
     kv_transfer_config: Optional[Any] = None
     additional_config: dict = field(default_factory=dict)
 
@@ -52,6 +54,8 @@ class EngineArgs:
         _check_tensor_parallel_split(hf_config, self.tensor_parallel_size)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
         dtype = resolve_dtype(self.dtype, current_platform.default_dtype())
+        generation = _generation_defaults(self.generation_config, source, tokenizer,
+                                          hf_config, self.trust_remote_code)
         batch_invariant = batch_invariant_requested()
         if batch_invariant:
             current_platform.batch_invariant_linear(dtype)  # ConfigError where unsupported
@@ -60,7 +64,8 @@ class EngineArgs:
             max_model_len=max_model_len, seed=self.seed,
             served_model_name=self.served_model_name or model,
             trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager,
-            batch_invariant=batch_invariant)
+            batch_invariant=batch_invariant, eos_token_ids=generation.eos_token_ids,
+            sampling_defaults=generation.sampling, default_max_tokens=generation.max_tokens)
         block_size = self.block_size or current_platform.default_block_size
         current_platform.check_block_size(block_size)
         cache_config = CacheConfig(block_size, self.enable_prefix_caching,
@@ -114,12 +119,12 @@ def _check_architecture(hf_config) -> None:
 def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:
     """Heads are dealt out in KV groups (see head_split); MLP rows split evenly."""
     from vllm.distributed.head_split import check_head_split
+    from vllm.kv_shape import num_kv_heads
     heads = getattr(hf_config, "num_attention_heads", None)
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
     intermediate = getattr(hf_config, "intermediate_size", None)
     if heads is not None:
         try:
-            check_head_split(tp_size, heads, kv_heads)
+            check_head_split(tp_size, heads, num_kv_heads(hf_config))
         except ValueError as error:
             raise ConfigError(str(error)) from None
     if intermediate is not None and intermediate % tp_size:
@@ -138,6 +143,24 @@ def _resolve_max_model_len(hf_config, requested: Optional[int]) -> int:
         raise ConfigError(f"max_model_len={requested} is larger than the model's "
                           f"max_position_embeddings={derived}")
     return requested
+
+
+def _generation_defaults(setting: str, source: str, tokenizer: str, hf_config,
+                         trust_remote_code: bool):
+    """Eos ids and sampling defaults; with no eos id in either config, the tokenizer's."""
+    from vllm.transformers_utils.generation_config import (generation_defaults,
+                                                           read_generation_config)
+    folder = source if os.path.isdir(source) else os.path.dirname(source)
+    generation = generation_defaults(read_generation_config(setting, folder),
+                                     getattr(hf_config, "eos_token_id", None))
+    if generation.eos_token_ids:
+        return generation
+    from vllm.transformers_utils.tokenizer import get_tokenizer
+    try:
+        eos = get_tokenizer(tokenizer, trust_remote_code=trust_remote_code).eos_token_id
+    except (OSError, ValueError):  # no tokenizer here: the engine core runs without one
+        eos = None
+    return dataclasses.replace(generation, eos_token_ids=() if eos is None else (eos,))
 
 
 def _demo_model() -> str:

@@ -1,15 +1,16 @@
 """AsyncLLM: streaming generation for the API server; the engine core runs in its own process."""
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional, Protocol
 
-from vllm.core.outputs import EngineCoreOutput, SchedulerStats
-from vllm.core.request import Request
+from vllm.core.messages import (EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest,
+                                SchedulerStats)
+from vllm.engine.admission import admit, prepare
 from vllm.engine.core_client import EngineCoreClient, EngineDeadError, KVTransferError
-from vllm.engine.core_proc import EngineCoreOutputs, EngineCoreRequest, sampling_params_to_dict
-from vllm.engine.output_processor import OutputKind, OutputProcessor, ParentRequest
-from vllm.engine.processor import InvalidRequestError, Processor, PromptType
+from vllm.engine.output_processor import OutputKind, OutputProcessor
+from vllm.engine.processor import InvalidRequestError, ParsedPrompt, Processor, PromptType
 from vllm.logger import init_logger
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -101,10 +102,6 @@ class AsyncLLM:
         self._output_task = asyncio.get_running_loop().create_task(self._run_output_handler())
         self.client.request_stats()  # so the first metrics show the idle engine
 
-    @property
-    def is_dead(self) -> bool:
-        return not self.client.is_alive
-
     def check_health(self) -> None:
         if self._draining:
             raise EngineDeadError("the server is shutting down")
@@ -114,7 +111,8 @@ class AsyncLLM:
             raise EngineDeadError("the engine core process is not running")
 
     # ---- requests ------------------------------------------------------------------------
-    def generate(self, prompt: PromptType, sampling_params: SamplingParams, request_id: str,
+    def generate(self, prompt: PromptType | ParsedPrompt, sampling_params: SamplingParams,
+                 request_id: str,
                  kv_transfer_params: Optional[dict] = None) -> AsyncIterator[RequestOutput]:
         """Add the request now (bad input raises here, before any streaming starts) and
         return an iterator of RequestOutput deltas (new text and tokens only)."""
@@ -135,31 +133,28 @@ class AsyncLLM:
             if not finished:
                 self.abort(request_id)
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+    def add_request(self, request_id: str, prompt: PromptType | ParsedPrompt,
+                    params: SamplingParams,
                     kv_transfer_params: Optional[dict] = None) -> _RequestStream:
         self.check_health()
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        text, token_ids = self.processor.parse_prompt(prompt)
-        children = self._make_requests(request_id, token_ids, params, kv_transfer_params)
-        parent = ParentRequest(request_id, len(children)) if params.n > 1 else None
-        stream = _RequestStream([child.request_id for child in children])
-        for index, child in enumerate(children):
-            self.output_processor.add_request(child.request_id, text, token_ids,
-                                              child.sampling_params, OutputKind.DELTA,
-                                              parent, index)
-            self._parent_of[child.request_id] = request_id
-            self._timings[child.request_id] = _Timing(time.monotonic(), len(token_ids))
-            self.client.add_request(_to_engine_request(child))
+        admission = prepare(self.processor, request_id, prompt, params, kv_transfer_params)
+        num_prompt_tokens = len(admission.prompt.token_ids)
+        stream = _RequestStream(admission.child_ids)
+        admit(admission, self.output_processor, OutputKind.DELTA,
+              functools.partial(self._send_child, request_id, num_prompt_tokens))
         self._streams[request_id] = stream
         if self.log_requests:
-            logger.info("request %s: %d prompt tokens, %s", request_id, len(token_ids), params)
+            logger.info("request %s: %d prompt tokens, %s", request_id, num_prompt_tokens,
+                        params)
         return stream
 
-    def _make_requests(self, request_id: str, token_ids: list[int], params: SamplingParams,
-                       kv_transfer_params: Optional[dict]) -> list[Request]:
-        return self.processor.make_requests(request_id, token_ids, params,
-                                            kv_transfer_params)
+    def _send_child(self, request_id: str, num_prompt_tokens: int,
+                    child: EngineCoreRequest) -> None:
+        self._parent_of[child.request_id] = request_id
+        self._timings[child.request_id] = _Timing(time.monotonic(), num_prompt_tokens)
+        self.client.add_request(child)
 
     def abort(self, request_id: str) -> None:
         """Stop a request wherever it is; unknown or finished ids are ignored."""
@@ -290,10 +285,3 @@ class AsyncLLM:
             await asyncio.gather(self._output_task, return_exceptions=True)
         self.client.shutdown()
 
-
-def _to_engine_request(request: Request) -> EngineCoreRequest:
-    return EngineCoreRequest(
-        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-        sampling_params=sampling_params_to_dict(request.sampling_params),
-        eos_token_id=request.eos_token_id, arrival_time=request.arrival_time,
-        kv_transfer_params=request.kv_transfer_params)

@@ -3,7 +3,7 @@ import time
 
 from vllm.config import VllmConfig
 from vllm.core.kv_cache_manager import KVCacheManager
-from vllm.core.outputs import EngineCoreOutput, SchedulerStats
+from vllm.core.messages import EngineCoreOutput, EngineCoreRequest, SchedulerStats
 from vllm.core.request import Request, RequestStatus
 from vllm.core.scheduler import Scheduler
 from vllm.engine.processor import check_request_fits_model
@@ -58,6 +58,11 @@ class EngineCore:
     def max_tokens_in_cache(self) -> int:
         return self.kv_cache_manager.num_blocks * self.kv_cache_manager.block_size
 
+    def add_engine_request(self, message: EngineCoreRequest) -> None:
+        """Admit a front end's request (ValueError if it cannot run here)."""
+        eos_token_ids = self.vllm_config.model_config.eos_token_ids
+        self.add_request(Request.from_engine_request(message, eos_token_ids))
+
     def add_request(self, request: Request) -> None:
         check_request_fits_model(request, self.vllm_config.model_config.vocab_size)
         if request.num_tokens > self.max_tokens_in_cache:
@@ -92,9 +97,6 @@ class EngineCore:
     def take_failed(self) -> dict[str, str]:
         failed, self.scheduler.failed = self.scheduler.failed, {}
         return failed
-
-    def kv_transfer_info(self) -> dict:
-        return self.connector.info() if self.connector is not None else {}
 
     def step(self) -> list[EngineCoreOutput]:
         self.scheduler.poll_connector()

@@ -10,8 +10,9 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from vllm.engine.core_proc import (EngineCoreOutputs, EngineCoreRequest, EngineFailure,
-                                   EngineReady, MessageTag, run_engine_core)
+from vllm.core.messages import (EngineCoreOutputs, EngineCoreRequest, EngineFailure,
+                                EngineReady, MessageTag)
+from vllm.engine.core_proc import run_engine_core
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)

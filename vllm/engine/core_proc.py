@@ -1,19 +1,5 @@
-"""The engine-core process: EngineCore's busy loop behind two ZMQ sockets.
-
-Wire protocol (every message is two frames: a one-byte tag, then a msgspec-msgpack payload):
-
-  API server -> engine (PUSH -> PULL, "input")
-    ADD       EngineCoreRequest     SamplingParams travel as a dict of their fields
-    ABORT     list[str]             request ids
-    STATS     (empty)               publish SchedulerStats now
-    SHUTDOWN  (empty)               leave the loop, free everything, exit 0
-  engine -> API server (PUSH -> PULL, "output")
-    READY     EngineReady           once, after the model and KV cache are set up
-    FAILED    EngineFailure         instead of READY when start-up fails, then exit
-    OUTPUTS   EngineCoreOutputs     after every step (and after idle bookkeeping)
-    DEAD      EngineFailure         the busy loop crashed, then exit
-"""
-import dataclasses
+"""The engine-core process: EngineCore's busy loop behind two ZMQ sockets (the messages
+and their tags: vllm/core/messages.py)."""
 import os
 import signal
 import sys
@@ -24,67 +10,13 @@ from typing import Any, Optional
 import msgspec
 import zmq
 
-from vllm.core.outputs import EngineCoreOutput, SchedulerStats
+from vllm.core.messages import (EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest,
+                                EngineFailure, EngineReady, MessageTag)
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
 
 IDLE_POLL_MS = 1000
-
-
-class MessageTag:
-    ADD = b"A"
-    ABORT = b"X"
-    STATS = b"S"
-    SHUTDOWN = b"Q"
-    READY = b"R"
-    FAILED = b"F"
-    OUTPUTS = b"O"
-    DEAD = b"D"
-
-
-class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
-    request_id: str
-    prompt_token_ids: list[int]
-    sampling_params: dict[str, Any]
-    eos_token_id: Optional[int]
-    arrival_time: float
-    kv_transfer_params: Optional[dict[str, Any]] = None
-
-
-class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
-    outputs: list[EngineCoreOutput] = []
-    scheduler_stats: Optional[SchedulerStats] = None
-    # request id -> why the engine core refused it (it never ran).
-    rejected: dict[str, str] = {}
-    # request id -> why it failed after admission (its KV transfer failed).
-    failed: dict[str, str] = {}
-    # request id -> why the step computing it raised (the engine went on without it).
-    errored: dict[str, str] = {}
-    timestamp: float = 0.0
-
-
-class EngineReady(msgspec.Struct):
-    pid: int
-    num_blocks: int
-    block_size: int
-    max_model_len: int
-
-
-class EngineFailure(msgspec.Struct):
-    message: str
-    # True when the cause is the user's configuration (ValueError, missing file).
-    is_config_error: bool = False
-    traceback: str = ""
-
-
-def sampling_params_to_dict(params) -> dict[str, Any]:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-
-
-def sampling_params_from_dict(fields: dict[str, Any]):
-    from vllm.sampling_params import SamplingParams
-    return SamplingParams(**fields)
 
 
 class _ShutdownRequested(BaseException):
@@ -190,13 +122,8 @@ class EngineCoreProc:
             logger.error("engine core ignores a message with unknown tag %r", tag)
 
     def _add_request(self, message: EngineCoreRequest, rejected: dict[str, str]) -> None:
-        from vllm.core.request import Request
         try:
-            params = sampling_params_from_dict(message.sampling_params)
-            request = Request(message.request_id, message.prompt_token_ids, params,
-                              message.eos_token_id, message.arrival_time,
-                              message.kv_transfer_params)
-            self.engine_core.add_request(request)
+            self.engine_core.add_engine_request(message)
         except ValueError as error:
             rejected[message.request_id] = str(error)
         except Exception as error:  # a bug, not the client's fault; it must not end the loop

@@ -2,9 +2,10 @@
 import itertools
 from typing import Optional
 
+from vllm.engine.admission import admit, prepare
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.core import EngineCore
-from vllm.engine.output_processor import OutputKind, OutputProcessor, ParentRequest
+from vllm.engine.output_processor import OutputKind, OutputProcessor
 from vllm.engine.processor import Processor, PromptType
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -27,19 +28,13 @@ class LLMEngine:
                      params: list[SamplingParams],
                      output_kind: OutputKind = OutputKind.FINAL_ONLY) -> None:
         """Validates every prompt first, so a bad one rejects the batch before any work."""
-        prepared = []
-        for request_id, prompt, sampling_params in zip(request_ids, prompts, params):
-            text, token_ids = self.processor.parse_prompt(prompt)
-            children = self.processor.make_requests(request_id, token_ids, sampling_params)
-            prepared.append((request_id, text, token_ids, sampling_params, children))
-        for request_id, text, token_ids, sampling_params, children in prepared:
-            parent = ParentRequest(request_id, len(children)) if sampling_params.n > 1 else None
-            for index, request in enumerate(children):
-                self.output_processor.add_request(request.request_id, text, token_ids,
-                                                  request.sampling_params, output_kind,
-                                                  parent, index)
-                self.engine_core.add_request(request)
-            self._children[request_id] = [r.request_id for r in children]
+        admissions = [prepare(self.processor, request_id, prompt, sampling_params)
+                      for request_id, prompt, sampling_params in zip(request_ids, prompts,
+                                                                      params)]
+        for admission in admissions:
+            admit(admission, self.output_processor, output_kind,
+                  self.engine_core.add_engine_request)
+            self._children[admission.request_id] = admission.child_ids
 
     def abort_request(self, request_ids: list[str]) -> None:
         child_ids = list(itertools.chain.from_iterable(

@@ -3,7 +3,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vllm.core.outputs import EngineCoreOutput
+from vllm.core.messages import EngineCoreOutput
 from vllm.engine.detokenizer import IncrementalDetokenizer
 from vllm.engine.logprobs import LogprobsProcessor
 from vllm.outputs import CompletionOutput, RequestOutput

@@ -1,9 +1,22 @@
 """Turns user prompts and sampling parameters into validated engine-core requests."""
-from typing import Any, Optional, Union
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from vllm.config import ModelConfig
-from vllm.core.request import Request
+from vllm.core.messages import EngineCoreRequest
+from vllm.kv_transfer_params import TRANSFER_ID
 from vllm.sampling_params import INT64_MAX, SamplingParams
+
+if TYPE_CHECKING:
+    from vllm.core.request import Request
+
+
+class ParsedPrompt(NamedTuple):
+    """A prompt after Processor.parse_prompt: its text (None for token ids) and checked ids."""
+
+    text: Optional[str]
+    token_ids: list[int]
+
 
 PromptType = Union[str, list[int], dict]
 
@@ -17,25 +30,21 @@ class Processor:
     def __init__(self, model_config: ModelConfig, tokenizer):
         self.model_config = model_config
         self.tokenizer = tokenizer
-        cfg = model_config.hf_config
-        self.eos_token_id = getattr(cfg, "eos_token_id", None)
-        if isinstance(self.eos_token_id, list):
-            self.eos_token_id = self.eos_token_id[0] if self.eos_token_id else None
-        if self.eos_token_id is None and tokenizer is not None:
-            self.eos_token_id = tokenizer.eos_token_id
 
-    def parse_prompt(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+    def parse_prompt(self, prompt: PromptType) -> ParsedPrompt:
+        """Tokenize a text prompt, check token ids against the vocabulary."""
         if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
+            return ParsedPrompt(prompt, self.tokenizer.encode(prompt))
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), self._check_token_ids(prompt["prompt_token_ids"])
+                return ParsedPrompt(prompt.get("prompt"),
+                                    self._check_token_ids(prompt["prompt_token_ids"]))
             if "prompt" in prompt and isinstance(prompt["prompt"], str):
-                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+                return ParsedPrompt(prompt["prompt"], self.tokenizer.encode(prompt["prompt"]))
             raise InvalidRequestError("a prompt dict needs 'prompt' (str) or "
                                       "'prompt_token_ids' (list of int)")
         if isinstance(prompt, list):
-            return None, self._check_token_ids(prompt)
+            return ParsedPrompt(None, self._check_token_ids(prompt))
         raise InvalidRequestError(f"a prompt must be a string, a list of token ids or a dict, "
                                   f"got {type(prompt).__name__}")
 
@@ -48,7 +57,7 @@ class Processor:
 
     def make_request(self, request_id: str, prompt_token_ids: list[int],
                      params: SamplingParams, arrival_time: Optional[float] = None,
-                     kv_transfer_params: Optional[dict] = None) -> Request:
+                     kv_transfer_params: Optional[dict] = None) -> EngineCoreRequest:
         max_len = self.model_config.max_model_len
         num_prompt = len(prompt_token_ids)
         if num_prompt == 0:
@@ -59,16 +68,22 @@ class Processor:
                 "and at least one token must be generated")
         if params.max_tokens is None:
             params = params.clone()
-            params.max_tokens = max_len - num_prompt
+            params.max_tokens = self._default_max_tokens(max_len - num_prompt)
         if params.logprobs is not None and params.logprobs > self.model_config.vocab_size:
             raise InvalidRequestError(f"logprobs={params.logprobs} exceeds the vocabulary size")
         check_params_in_vocab(params, self.model_config.vocab_size)
-        return Request(request_id, prompt_token_ids, params, self.eos_token_id,
-                       arrival_time, kv_transfer_params)
+        return EngineCoreRequest(request_id, prompt_token_ids, params,
+                                 time.time() if arrival_time is None else arrival_time,
+                                 kv_transfer_params)
+
+    def _default_max_tokens(self, room: int) -> int:
+        """The generation config's max_new_tokens, else up to max_model_len."""
+        default = self.model_config.default_max_tokens
+        return room if default is None else min(room, default)
 
     def make_requests(self, request_id: str, prompt_token_ids: list[int],
                       params: SamplingParams, kv_transfer_params: Optional[dict] = None
-                      ) -> list[Request]:
+                      ) -> list[EngineCoreRequest]:
         """One request, or n children "{i}_{request_id}" seeded seed + i for n > 1."""
         if params.seed is not None and params.seed + params.n - 1 > INT64_MAX:
             raise InvalidRequestError(f"seed + n - 1 must fit in a signed 64-bit integer "
@@ -103,7 +118,7 @@ def check_params_in_vocab(params: SamplingParams, vocab_size: int) -> None:
                                   f"{outside[0]} (size {vocab_size})")
 
 
-def check_request_fits_model(request: Request, vocab_size: int) -> None:
+def check_request_fits_model(request: "Request", vocab_size: int) -> None:
     """The engine core's own check of a request that came over the wire."""
     check_token_ids_in_vocab(request.prompt_token_ids, vocab_size)
     check_params_in_vocab(request.sampling_params, vocab_size)
@@ -116,4 +131,4 @@ def _child_kv_params(params: Optional[dict], parent_id: str, index: int) -> Opti
         return None
     if index > 0:
         return None
-    return {**params, "request_id": params.get("request_id", parent_id)}
+    return {**params, TRANSFER_ID: params.get(TRANSFER_ID, parent_id)}

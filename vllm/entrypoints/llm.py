@@ -28,6 +28,13 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What `sampling_params=None` means: the model's generation config (see
+        --generation-config) over vLLM's defaults."""
+        model_config = self.llm_engine.vllm_config.model_config
+        max_tokens = {} if model_config.default_max_tokens is None else {"max_tokens": None}
+        return SamplingParams(**model_config.sampling_defaults, **max_tokens)
+
     def generate(self, prompts: Union[PromptType, Sequence[PromptType]],
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
@@ -35,6 +42,8 @@ class LLM:
                                                 and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
         params = self._params_per_prompt(sampling_params, len(prompts))
         request_ids = [str(next(self._counter)) for _ in prompts]
         self.llm_engine.add_requests(request_ids, prompts, params)
@@ -57,8 +66,6 @@ class LLM:
 
     @staticmethod
     def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:
-        if sampling_params is None:
-            return [SamplingParams()] * count
         if isinstance(sampling_params, SamplingParams):
             return [sampling_params] * count
         params = list(sampling_params)

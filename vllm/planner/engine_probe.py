@@ -70,7 +70,7 @@ class EngineProbe:
     def _add(self, prompt_len: int, max_tokens: int, computed: int = 0) -> None:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         request = Request(f"probe-{next(self._ids)}", [PROBE_TOKEN_ID] * prompt_len, params,
-                          eos_token_id=None)
+                          eos_token_ids=None)
         request.num_computed_tokens = computed
         self.core.add_request(request)
 

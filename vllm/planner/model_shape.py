@@ -2,6 +2,8 @@
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from vllm import kv_shape
+
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -56,12 +58,11 @@ class ModelShape:
 
     @classmethod
     def from_hf_config(cls, hf_config, dtype_bytes: int = 4) -> "ModelShape":
-        heads = hf_config.num_attention_heads
-        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
         return cls(num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
-                   num_heads=heads,
-                   num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
-                   head_dim=head_dim, intermediate_size=hf_config.intermediate_size,
+                   num_heads=hf_config.num_attention_heads,
+                   num_kv_heads=kv_shape.num_kv_heads(hf_config),
+                   head_dim=kv_shape.head_size(hf_config),
+                   intermediate_size=hf_config.intermediate_size,
                    max_model_len=getattr(hf_config, "max_position_embeddings", 2048),
                    dtype_bytes=dtype_bytes)
 

@@ -16,8 +16,7 @@ class CudaPlatform(Platform):
     @property
     def default_block_size(self) -> int:
         # flash-attn 2 pages need a multiple of 256 tokens; the SDPA path takes any size.
-        from vllm.attention.backends.cuda import FLASH_ATTN_PAGE_MULTIPLE, HAS_FLASH_ATTN
-        return FLASH_ATTN_PAGE_MULTIPLE if HAS_FLASH_ATTN else 16
+        return self.get_attn_backend_cls().preferred_block_size() or 16
 
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -49,12 +48,11 @@ class CudaPlatform(Platform):
         return dist.ProcessGroupNCCL(store, rank, world_size, options)
 
     def decode_graph_mode(self, vllm_config) -> Optional[str]:
-        # Graphs only over flash-attn: the SDPA decode has to gather every block-table
-        # column under a graph (B * H * max_model_len * D per layer), so it runs eagerly.
-        from vllm.attention.backends.cuda import use_flash_attn
         if vllm_config.model_config.enforce_eager:
             return None
-        return "capture" if use_flash_attn(vllm_config.cache_config.block_size) else None
+        backend = self.get_attn_backend_cls()
+        return "capture" if backend.can_capture_decode(vllm_config.cache_config.block_size) \
+            else None
 
     def capture_graph(self, forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         # Warm up on a side stream (allocator and cuBLAS workspaces), then record into one

@@ -43,7 +43,7 @@ class SamplingMetadata:
         prompt_token_ids: Sequence[Sequence[int]],
         output_token_ids: Sequence[Sequence[int]],
         vocab_size: int,
-        eos_token_id: int | None,
+        eos_token_ids: Sequence[int],
     ) -> "SamplingMetadata":
         """Batch the rows' parameters; a seeded row draws at position len(output_token_ids[i])."""
         _check_batch(params, prompt_token_ids, output_token_ids)
@@ -59,7 +59,8 @@ class SamplingMetadata:
             **_seed_fields(params),
             **_filter_fields(params, vocab_size),
             **_penalty_fields(params, prompt_token_ids, output_token_ids, vocab_size),
-            min_tokens_edits=_min_tokens_edits(params, output_token_ids, vocab_size, eos_token_id),
+            min_tokens_edits=_min_tokens_edits(params, output_token_ids, vocab_size,
+                                               eos_token_ids),
             logit_bias_edits=_logit_bias_edits(params, vocab_size),
             max_num_logprobs=max(logprobs) if logprobs else None,
         )
@@ -130,15 +131,15 @@ def _min_tokens_edits(
     params: Sequence[SamplingParams],
     output_token_ids: Sequence[Sequence[int]],
     vocab_size: int,
-    eos_token_id: int | None,
+    eos_token_ids: Sequence[int],
 ) -> LogitEdits | None:
     entries = []
     for row, (p, output) in enumerate(zip(params, output_token_ids)):
         if len(output) >= p.min_tokens:
             continue
         stop_ids = p.all_stop_token_ids
-        if eos_token_id is not None and not p.ignore_eos:
-            stop_ids.add(eos_token_id)
+        if not p.ignore_eos:
+            stop_ids.update(eos_token_ids)
         # ids outside the vocabulary can never be sampled, so need no blocking
         entries += [(row, i, float("-inf")) for i in sorted(stop_ids) if i < vocab_size]
     return LogitEdits.from_entries(entries)

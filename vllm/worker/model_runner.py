@@ -28,7 +28,6 @@ class ModelRunner:
         self.requests: dict[str, CachedRequestState] = {}
         self.sampler = Sampler()
         self.graph_runner = None  # decode steps as graphs, where the platform offers them
-        self.eos_token_id = getattr(self.model_config.hf_config, "eos_token_id", None)
 
     def load_model(self) -> None:
         from vllm.model_executor.model_loader import get_model
@@ -74,6 +73,8 @@ class ModelRunner:
             self.connector.bind_connector_metadata(scheduler_output.kv_connector_metadata)
         if scheduler_output.is_empty:
             return EMPTY_MODEL_RUNNER_OUTPUT
+        if self.connector is not None:
+            self.connector.start_load_kv()
         batch = build_batch_inputs(self.requests, scheduler_output.num_scheduled_tokens,
                                    self.block_size)
         if self.graph_runner is not None and self.graph_runner.can_run(batch.attn_metadata):
@@ -99,7 +100,8 @@ class ModelRunner:
             states = [self.requests[r] for r in batch.sampling_req_ids]
             metadata = SamplingMetadata.build(
                 [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
-                [s.output_token_ids for s in states], logits.shape[-1], self.eos_token_id)
+                [s.output_token_ids for s in states], logits.shape[-1],
+                self.model_config.eos_token_ids)
             output = self.sampler(logits, metadata)
             token_ids = output.sampled_token_ids.tolist()
             for i, state in enumerate(states):

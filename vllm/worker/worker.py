@@ -6,7 +6,7 @@ import torch
 from vllm.config import VllmConfig
 from vllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from vllm.distributed.init import destroy_worker_distributed, init_worker_distributed
-from vllm.executor.thread_binding import bind_rank_threads
+from vllm.worker.thread_binding import bind_rank_threads
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 from vllm.worker.model_runner import ModelRunner

@@ -3,8 +3,8 @@ token in batch-invariant mode)."""
 import torch
 
 from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
-from vllm.attention.layer import causal_attention
 from vllm.attention.ops.paged_attention import paged_attention_decode, reshape_and_cache
+from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
 
 class CPUAttentionImpl(AttentionImpl):
@@ -45,14 +45,6 @@ class CPUAttentionImpl(AttentionImpl):
         keys = gather_sequence(key_cache, block_row, seq_len)  # (L, KVH, D)
         values = gather_sequence(value_cache, block_row, seq_len)  # (L, KVH, D)
         return causal_attention(q, keys, values, self.scale, offset=num_cached)
-
-
-def gather_sequence(cache: torch.Tensor, block_row: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """cache: (num_blocks, block_size, KVH, D) -> the first seq_len tokens, (L, KVH, D)."""
-    block_size = cache.shape[1]
-    num_blocks = -(-seq_len // block_size)
-    blocks = cache.index_select(0, block_row[:num_blocks])  # (n, block_size, KVH, D)
-    return blocks.flatten(0, 1)[:seq_len]
 
 
 class CPUAttentionBackend(AttentionBackend):

@@ -7,13 +7,13 @@ no host syncs); the SDPA decode is eager and trims the gathered blocks to the lo
 sequence. SDPA's enable_gqa needs PyTorch >= 2.5.
 """
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
-from vllm.attention.backends.cpu import gather_sequence
-from vllm.attention.layer import causal_attention
+from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
 try:
     from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
@@ -150,3 +150,13 @@ class CudaAttentionBackend(AttentionBackend):
     @staticmethod
     def build_metadata(common: CommonAttentionMetadata) -> CudaAttentionMetadata:
         return CudaAttentionMetadata(common)
+
+    @staticmethod
+    def preferred_block_size() -> Optional[int]:
+        return FLASH_ATTN_PAGE_MULTIPLE if HAS_FLASH_ATTN else None
+
+    @staticmethod
+    def can_capture_decode(block_size: int) -> bool:
+        # The SDPA decode would gather every block-table column under a graph
+        # (B * H * max_model_len * D per layer), so it runs eagerly.
+        return use_flash_attn(block_size)

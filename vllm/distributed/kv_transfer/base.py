@@ -9,6 +9,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from vllm.kv_transfer_params import KvInfo
+
 
 class ConnectorEvents(NamedTuple):
     """What happened since the scheduler last asked (see KVConnectorScheduler.poll)."""
@@ -57,9 +59,9 @@ class KVConnectorScheduler(ABC):
         """ZMQ sockets whose traffic should wake an idle engine core."""
         return []
 
-    def info(self) -> dict[str, Any]:
-        """What a proxy needs to route to this instance."""
-        return {}
+    def info(self) -> Optional[KvInfo]:
+        """Where a consumer reaches this instance's KV (None: nowhere)."""
+        return None
 
     def shutdown(self) -> None:
         pass
@@ -77,10 +79,11 @@ class KVConnectorWorker(ABC):
         """This step's instructions, before the forward pass."""
 
     def start_load_kv(self) -> None:
-        """Begin pulling KV for this step (pull connectors)."""
+        """Begin pulling KV for this step, before the forward pass (pull connectors)."""
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Block until layer_name's KV for this step is in place (pull connectors)."""
+        """Block until layer_name's KV for this step is in place; the attention layer calls
+        it before reading its cache (pull connectors)."""
 
     @abstractmethod
     def save_kv_layer(self, layer_name: str, kv_cache: torch.Tensor) -> None:
@@ -88,10 +91,6 @@ class KVConnectorWorker(ABC):
 
     def wait_for_save(self) -> None:
         """End of the forward pass."""
-
-    def get_finished(self) -> tuple[set[str], set[str]]:
-        """(finished sending, finished receiving) since the last call."""
-        return set(), set()
 
     def shutdown(self) -> None:
         pass

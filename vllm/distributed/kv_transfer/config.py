@@ -5,8 +5,8 @@ from typing import Any, Optional
 
 from vllm.config import ConfigError
 from vllm.distributed.network import internal_host, resolves_to_wildcard
+from vllm.kv_transfer_params import KV_ROLES
 
-KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
 KV_LOAD_FAILURE_POLICIES = ("recompute", "fail")
 DEFAULT_KV_PORT = 14579
 

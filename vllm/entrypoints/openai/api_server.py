@@ -27,6 +27,7 @@ from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N, RequestLimits,
 from vllm.entrypoints.openai.serving_chat import OpenAIServingChat
 from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from vllm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from vllm.kv_transfer_params import KvInfo
 from vllm.logger import init_logger
 from vllm.version import __version__
 
@@ -172,9 +173,8 @@ def kv_transfer_info_of(vllm_config) -> Optional[dict]:
     config = vllm_config.kv_transfer_config
     if config is None:
         return None
-    return {"engine_id": config.engine_id, "kv_role": config.kv_role,
-            "kv_host": config.kv_ip, "kv_port": config.kv_port,
-            "tensor_parallel_size": vllm_config.parallel_config.tensor_parallel_size}
+    return KvInfo(config.engine_id, config.kv_role, config.kv_ip, config.kv_port,
+                  vllm_config.parallel_config.tensor_parallel_size).to_json()
 
 
 class ApiKeyMiddleware:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from vllm.entrypoints.openai.request_body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N
+from vllm.kv_transfer_params import KV_ROLES
 
 KV_TRANSFER_CONFIG_KEYS = {
     "kv_connector": (str,), "kv_role": (str,), "kv_rank": (int,), "kv_parallel_size": (int,),
@@ -19,7 +20,6 @@ KV_TRANSFER_CONFIG_KEYS = {
     "kv_connector_extra_config": (dict,), "kv_connector_module_path": (str,),
     "kv_load_failure_policy": (str,),
 }
-KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
 KV_LOAD_FAILURE_POLICIES = ("recompute", "fail")
 ADDITIONAL_CONFIG_KEYS = {
     "torchair_graph_config": (dict,), "chunked_prefill_for_mla": (bool,),
@@ -87,6 +87,9 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
                        default=None)
     group.add_argument("--enforce-eager", action="store_true")
+    group.add_argument("--generation-config", default="auto", metavar="auto|vllm|FOLDER",
+                       help="default sampling parameters and eos ids from the model's "
+                       "generation_config.json (auto), from FOLDER's, or none (vllm)")
     group.add_argument("--kv-transfer-config", default=None, metavar="JSON")
     group.add_argument("--additional-config", default=None, metavar="JSON")
 
@@ -205,7 +208,7 @@ def engine_args_from_cli(args: argparse.Namespace):
         "num_gpu_blocks_override": args.num_gpu_blocks_override,
         "tensor_parallel_size": args.tensor_parallel_size,
         "distributed_executor_backend": args.distributed_executor_backend,
-        "enforce_eager": args.enforce_eager,
+        "enforce_eager": args.enforce_eager, "generation_config": args.generation_config,
         "kv_transfer_config": parse_kv_transfer_config(args.kv_transfer_config),
         "additional_config": parse_json_config("--additional-config", args.additional_config,
                                                ADDITIONAL_CONFIG_KEYS) or {},

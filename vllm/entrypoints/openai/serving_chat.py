@@ -13,8 +13,7 @@ from vllm.entrypoints.openai.protocol import (ChatChoiceLogprobs, ChatCompletion
                                               ChatCompletionResponse, ChatResponseMessage,
                                               ChatStreamChoice, ChatTokenLogprob, ChatTopLogprob,
                                               DeltaMessage, request_id_for)
-from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
-                                                    build_sampling_params, make_usage,
+from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing, make_usage,
                                                     run_until_disconnected, sse_error, sse_event)
 from vllm.outputs import CompletionOutput, RequestOutput
 
@@ -51,14 +50,14 @@ class OpenAIServingChat(OpenAIServing):
         if max_tokens is None:
             max_tokens = request.max_tokens
         self.check_limits(request)
-        params = build_sampling_params(request, max_tokens, num_logprobs)
+        params = self.sampling_params(request, max_tokens, num_logprobs)
         text, token_ids = await asyncio.to_thread(
             self.render_chat, request.messages, request.add_generation_prompt,
             request.chat_template_kwargs)
-        self.check_length(len(token_ids), max_tokens)
+        prompt = self.parse_prompt({"prompt": text, "prompt_token_ids": token_ids}, max_tokens,
+                                   "messages")
         request_id = request_id_for(raw_request, "chatcmpl")
-        outputs = self.engine.generate({"prompt": text, "prompt_token_ids": token_ids}, params,
-                                       request_id, request.kv_transfer_params)
+        outputs = self.engine.generate(prompt, params, request_id, request.kv_transfer_params)
         result = _ChatResult(len(token_ids))
         if request.stream:
             chunks = self._stream(request, request_id, model_name, outputs, result)

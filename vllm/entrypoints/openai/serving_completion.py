@@ -6,11 +6,11 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from vllm.engine.processor import ParsedPrompt
 from vllm.entrypoints.openai.errors import OpenAIError
 from vllm.entrypoints.openai.protocol import (CompletionChoice, CompletionLogprobs,
                                               CompletionRequest, CompletionResponse, request_id_for)
-from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing,
-                                                    build_sampling_params, make_usage,
+from vllm.entrypoints.openai.serving_engine import (SSE_DONE, OpenAIServing, make_usage,
                                                     merge_async_iterators,
                                                     run_until_disconnected, sse_error,
                                                     sse_event)
@@ -51,10 +51,9 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("echo with logprobs needs prompt logprobs, which are not "
                               "supported yet", param="echo")
         self.check_limits(request, len(_prompt_list(request.prompt)))
-        params = build_sampling_params(request, request.max_tokens, request.logprobs,
-                                       request.best_of)
-        prompts = await asyncio.to_thread(self._tokenize_prompts, request.prompt,
-                                          request.max_tokens)
+        max_tokens = self._max_tokens(request)
+        params = self.sampling_params(request, max_tokens, request.logprobs, request.best_of)
+        prompts = await asyncio.to_thread(self._tokenize_prompts, request.prompt, max_tokens)
         request_id = request_id_for(raw_request, "cmpl")
         request_ids, generators = self._start(request, request_id, prompts, params)
         results = [_PromptResult(self._prompt_text(text, ids), len(ids)) for text, ids in prompts]
@@ -73,16 +72,22 @@ class OpenAIServingCompletion(OpenAIServing):
         """Add one engine request per prompt; all or none (a failure aborts the others)."""
         request_ids = [f"{request_id}-{index}" for index in range(len(prompts))]
         try:
-            generators = [self.engine.generate({"prompt": text, "prompt_token_ids": ids},
-                                               params, rid, request.kv_transfer_params)
-                          for rid, (text, ids) in zip(request_ids, prompts)]
+            generators = [self.engine.generate(prompt, params, rid, request.kv_transfer_params)
+                          for rid, prompt in zip(request_ids, prompts)]
         except BaseException:
             self.abort_all(request_ids)
             raise
         return request_ids, generators
 
-    def _tokenize_prompts(self, prompt, max_tokens: Optional[int]
-                          ) -> list[tuple[Optional[str], list[int]]]:
+    def _max_tokens(self, request: CompletionRequest) -> Optional[int]:
+        """The request's max_tokens; unset, the model's default (None: the engine fills it
+        in) replaces the protocol's 16."""
+        unset = "max_tokens" not in request.model_fields_set
+        if unset and self.engine.model_config.default_max_tokens is not None:
+            return None
+        return request.max_tokens
+
+    def _tokenize_prompts(self, prompt, max_tokens: Optional[int]) -> list[ParsedPrompt]:
         """Each prompt's text and token ids; the first that cannot fit stops the work (run
         off the event loop: a batch of long prompts takes a while)."""
         if isinstance(prompt, list) and not prompt:
@@ -92,14 +97,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 self.check_prompt_text(one)
         parsed = []
         for one in _prompt_list(prompt):
-            try:
-                text, token_ids = self.engine.processor.parse_prompt(one)
-            except ValueError as error:
-                raise OpenAIError(str(error), param="prompt") from None
-            if not token_ids:
-                raise OpenAIError("'prompt' must not be empty", param="prompt")
-            self.check_length(len(token_ids), max_tokens)
-            parsed.append((text, token_ids))
+            parsed.append(self.parse_prompt(one, max_tokens, "prompt"))
         return parsed
 
     def _prompt_text(self, text: Optional[str], token_ids: list[int]) -> str:

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from vllm.engine.async_llm import AsyncLLM
+from vllm.engine.processor import ParsedPrompt, PromptType
 from vllm.entrypoints.openai.errors import OpenAIError, from_exception, model_not_found
 from vllm.entrypoints.openai.protocol import (ChatMessage, PromptTokenUsageInfo, SamplingRequest,
                                               UsageInfo)
@@ -104,6 +105,26 @@ class OpenAIServing:
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  background=BackgroundTask(self.abort_all, request_ids))
 
+    def sampling_params(self, request: SamplingRequest, max_tokens: Optional[int],
+                        logprobs: Optional[int], best_of: Optional[int] = None
+                        ) -> SamplingParams:
+        """The request's sampling parameters over the model's generation defaults."""
+        return build_sampling_params(request, max_tokens, logprobs, best_of,
+                                     self.engine.model_config.sampling_defaults)
+
+    def parse_prompt(self, prompt: PromptType, max_tokens: Optional[int],
+                     param: str) -> ParsedPrompt:
+        """The engine's one parse of a prompt (the engine takes the result as it is): a 400
+        naming `param` when it is empty, out of vocabulary or too long."""
+        try:
+            parsed = self.engine.processor.parse_prompt(prompt)
+        except ValueError as error:
+            raise OpenAIError(str(error), param=param) from None
+        if not parsed.token_ids:
+            raise OpenAIError(f"'{param}' must not be empty", param=param)
+        self.check_length(len(parsed.token_ids), max_tokens)
+        return parsed
+
     def check_length(self, num_prompt_tokens: int, max_tokens: Optional[int]) -> None:
         if num_prompt_tokens >= self.max_model_len:
             raise OpenAIError(
@@ -126,11 +147,13 @@ def _template_message(message: ChatMessage) -> dict[str, str]:
 
 
 def build_sampling_params(request: SamplingRequest, max_tokens: Optional[int],
-                          logprobs: Optional[int], best_of: Optional[int] = None
-                          ) -> SamplingParams:
-    """SamplingParams from a request; an invalid value is a 400 naming it."""
-    kwargs: dict[str, Any] = {name: getattr(request, name) for name in _SAMPLING_FIELDS
-                              if getattr(request, name) is not None}
+                          logprobs: Optional[int], best_of: Optional[int] = None,
+                          defaults: Optional[dict[str, Any]] = None) -> SamplingParams:
+    """SamplingParams from a request, `defaults` (the model's generation config) filling
+    the fields it leaves unset; an invalid value is a 400 naming it."""
+    kwargs: dict[str, Any] = dict(defaults or {})
+    kwargs.update((name, getattr(request, name)) for name in _SAMPLING_FIELDS
+                  if getattr(request, name) is not None)
     if logprobs is not None:
         kwargs["logprobs"] = logprobs
     if best_of is not None:

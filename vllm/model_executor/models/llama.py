@@ -5,6 +5,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from vllm import kv_shape
 from vllm.attention.layer import Attention
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -21,10 +22,6 @@ CosSin = tuple[torch.Tensor, torch.Tensor]
 
 def join_prefix(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
-
-
-def head_dim_of(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 class LlamaMLP(nn.Module):
@@ -49,9 +46,9 @@ class LlamaAttention(nn.Module):
 
     def __init__(self, config: Any, qkv_bias: bool, o_proj_bias: bool, prefix: str):
         super().__init__()
-        self.head_dim = head_dim_of(config)
+        self.head_dim = kv_shape.head_size(config)
         total_heads = config.num_attention_heads
-        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        total_kv_heads = kv_shape.num_kv_heads(config)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads,
                                           total_kv_heads, qkv_bias,
                                           prefix=join_prefix(prefix, "qkv_proj"))
@@ -112,7 +109,7 @@ class LlamaModel(nn.Module):
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # One table for all layers: angles are looked up once per forward.
-        self.rotary_emb = get_rope(head_dim_of(config), config.max_position_embeddings,
+        self.rotary_emb = get_rope(kv_shape.head_size(config), config.max_position_embeddings,
                                    rope_parameters_from_config(config))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,8 @@ from vllm.distributed.kv_transfer.messages import (ConsumerAck, ConsumerReady, K
                                                    RankTransferFailed, TransferAbort)
 from vllm.distributed.kv_transfer.pair_group import host_store
 from vllm.distributed.kv_transfer.push.metadata import PushMetadata, RecvJob, SendJob
+from vllm.kv_transfer_params import (DO_REMOTE_DECODE, DO_REMOTE_PREFILL, TRANSFER_ID, KvInfo,
+                                     computed_locally, consumer_params, producer_address)
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
@@ -40,15 +42,13 @@ DEFAULT_PEER_TIMEOUT_S = 3.0  # consumer: a producer silent or unreachable this 
 def transfer_key(request) -> str:
     """Requests are matched across instances by the proxy's id, never rewritten."""
     params = request.kv_transfer_params or {}
-    return str(params.get("request_id") or request.request_id)
+    return str(params.get(TRANSFER_ID) or request.request_id)
 
 
 def kv_layout(vllm_config) -> KVLayout:
-    hf = vllm_config.model_config.hf_config
-    heads = hf.num_attention_heads
-    head_size = getattr(hf, "head_dim", None) or hf.hidden_size // heads
-    return KVLayout(hf.num_hidden_layers, getattr(hf, "num_key_value_heads", heads) or heads,
-                    head_size, str(vllm_config.model_config.dtype).removeprefix("torch."))
+    model = vllm_config.model_config
+    return KVLayout(model.num_layers, model.num_kv_heads, model.head_size,
+                    str(model.dtype).removeprefix("torch."))
 
 
 @dataclass
@@ -110,10 +110,9 @@ class PushConnectorScheduler(KVConnectorScheduler):
     def bind_block_lookup(self, block_ids_of: Callable[[str], list[int]]) -> None:
         self._block_ids_of = block_ids_of
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> KvInfo:
         host, _, port = self.endpoint.address.rpartition(":")
-        return {"engine_id": self.config.engine_id, "kv_role": self.config.kv_role,
-                "kv_host": host, "kv_port": int(port), "tensor_parallel_size": self.tp_size}
+        return KvInfo(self.config.engine_id, self.config.kv_role, host, int(port), self.tp_size)
 
     def wake_sockets(self) -> list:
         peers = self._peers.monitors() if self._peers is not None else []
@@ -126,16 +125,16 @@ class PushConnectorScheduler(KVConnectorScheduler):
     # ---- admission -----------------------------------------------------------------------
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int):
         params = request.kv_transfer_params or {}
-        if params.get("do_remote_decode") and self.config.is_producer:
+        if params.get(DO_REMOTE_DECODE) and self.config.is_producer:
             self._track_production(request)
-        if not (params.get("do_remote_prefill") and self.config.is_consumer):
+        if not (params.get(DO_REMOTE_PREFILL) and self.config.is_consumer):
             return 0, False
-        producer = _producer_address(params)
+        producer = producer_address(params)
         num_external = request.num_prompt_tokens - 1 - num_computed_tokens
         if producer is None or num_external <= 0:
             if producer is not None:
                 self._send(producer, TransferAbort(transfer_key(request), "not needed"))
-            request.kv_transfer_params = {**params, "do_remote_prefill": False}
+            request.kv_transfer_params = computed_locally(params)
             return 0, False
         return num_external, True
 
@@ -143,7 +142,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
         params = request.kv_transfer_params or {}
         end = request.num_prompt_tokens - 1
         now = time.monotonic()
-        state = _Consumed(request, _producer_address(params), next(self._transfer_ids),
+        state = _Consumed(request, producer_address(params), next(self._transfer_ids),
                           end - num_external_tokens, end, list(block_ids), now,
                           now + self.wait_timeout_s)
         self._consumed[transfer_key(request)] = state
@@ -203,7 +202,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
             self._forget_consumed(key, consumed)
             self._send(consumed.producer_addr, TransferAbort(key, "consumer finished early"))
         aborted = request.get_finished_reason() == "abort"
-        if aborted and (request.kv_transfer_params or {}).get("do_remote_decode"):
+        if aborted and (request.kv_transfer_params or {}).get(DO_REMOTE_DECODE):
             self._refuse_consumers(key)
         state = self._produced.get(key)
         if state is None or state.request is not request:
@@ -215,7 +214,7 @@ class PushConnectorScheduler(KVConnectorScheduler):
             self._queue_send(key, state, state.consumer.token_end, streamed=False)
         state.held = True
         state.deadline = time.monotonic() + self.lease_s
-        return True, self._params_for_consumer()
+        return True, consumer_params(self.info())
 
     def _refuse_consumers(self, key: str) -> None:
         """The producer aborted the request: a consumer that already asked is told now, one
@@ -224,12 +223,6 @@ class PushConnectorScheduler(KVConnectorScheduler):
         if early is not None:
             self._send(early[0].control_addr, TransferAbort(key, "producer aborted the request"))
         self._tombstones[key] = time.monotonic() + self.lease_s
-
-    def _params_for_consumer(self) -> dict[str, Any]:
-        info = self.info()
-        return {"do_remote_prefill": True, "do_remote_decode": False,
-                "remote_engine_id": info["engine_id"], "remote_host": info["kv_host"],
-                "remote_port": info["kv_port"], "remote_tp_size": self.tp_size}
 
     # ---- control messages and deadlines -------------------------------------------------
     def poll(self) -> ConnectorEvents:
@@ -380,13 +373,6 @@ class PushConnectorScheduler(KVConnectorScheduler):
 
     def shutdown(self) -> None:
         self.endpoint.close()
-
-
-def _producer_address(params: dict[str, Any]) -> Optional[str]:
-    host, port = params.get("remote_host"), params.get("remote_port")
-    if not host or not port:
-        return None
-    return f"{host}:{port}"
 
 
 def _deadline_of(value) -> float:

@@ -56,9 +56,7 @@ class PushConnectorWorker(KVConnectorWorker):
         self.engine_id = config.engine_id
         self.tp_size = vllm_config.parallel_config.tensor_parallel_size
         self.block_size = vllm_config.cache_config.block_size
-        hf = vllm_config.model_config.hf_config
-        self.total_kv_heads = getattr(hf, "num_key_value_heads", None) or \
-            hf.num_attention_heads
+        self.total_kv_heads = vllm_config.model_config.num_kv_heads
         self.my_heads = kv_heads_of_rank(rank, self.tp_size, self.total_kv_heads)
         # Senders give up on an absent consumer after the transfer timeout; receivers wait
         # for traffic as long as the pair lives (an idle pair must not time out).

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from vllm.executor.thread_binding import (ThreadBinding, bind_rank_threads, parse_core_list,
-                                          split_cores_evenly, thread_binding_for_rank)
+from vllm.worker.thread_binding import (ThreadBinding, bind_rank_threads, parse_core_list,
+                                        split_cores_evenly, thread_binding_for_rank)
 
 
 def test_parse_core_list():
