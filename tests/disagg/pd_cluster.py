@@ -66,35 +66,31 @@ class Proxy:
 
     def wait_ready(self, num_prefill: int, num_decode: int, timeout: float = 60) -> "Proxy":
         """Until every instance is healthy and its KV endpoint known to the proxy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                health = requests.get(self.url + "/health", timeout=5)
-                body = health.json() if health.status_code == 200 else {}
-                if body.get("prefill") == num_prefill and body.get("decode") == num_decode:
-                    time.sleep(1.5)  # one more health round: KV endpoints are known
-                    return self
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise RuntimeError(f"proxy not ready:\n{self.read_log()}")
+        def ready(health: requests.Response) -> bool:
+            body = health.json() if health.status_code == 200 else {}
+            return body.get("prefill") == num_prefill and body.get("decode") == num_decode
+        self._poll_health(ready, timeout, "ready")
+        time.sleep(1.5)  # one more health round: KV endpoints are known
+        return self
 
     def wait_listening(self, timeout: float = 60) -> "Proxy":
         """Until the proxy answers /health at all (it probes every instance once before it
         listens), healthy instances or not."""
+        self._poll_health(lambda health: True, timeout, "listening")
+        return self
+
+    def _poll_health(self, done, timeout: float, state: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                requests.get(self.url + "/health", timeout=5)
-                return self
+                if done(requests.get(self.url + "/health", timeout=5)):
+                    return
             except requests.RequestException:
                 pass
             if self.proc.poll() is not None:
                 break
             time.sleep(0.5)
-        raise RuntimeError(f"proxy not listening:\n{self.read_log()}")
+        raise RuntimeError(f"proxy not {state}:\n{self.read_log()}")
 
     def read_log(self) -> str:
         with open(self.log.name) as handle:
