@@ -70,6 +70,22 @@ def two_eos_model(tmp_path_factory) -> str:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_deepseek(tmp_path_factory):
+    """tiny_deepseek(name) -> the folder of that tiny DeepSeek (deepseek_models.VARIANTS),
+    saved once per session."""
+    from deepseek_models import make_variant
+    folders: dict[str, str] = {}
+
+    def folder(name: str) -> str:
+        if name not in folders:
+            path = str(tmp_path_factory.mktemp(f"deepseek_{name}"))
+            make_variant(path, name)
+            folders[name] = path
+        return folders[name]
+    return folder
+
+
 def read_json(path: str) -> dict:
     with open(path) as handle:
         return json.load(handle)

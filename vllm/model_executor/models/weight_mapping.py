@@ -10,13 +10,15 @@ from vllm.model_executor.layers.weight_utils import default_weight_loader
 ShardId = Union[int, str, None]
 
 # (our fused parameter name part, checkpoint name part, shard id)
+MLP_STACKED_PARAMS: tuple[tuple[str, str, ShardId], ...] = (
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+)
 LLAMA_STACKED_PARAMS: tuple[tuple[str, str, ShardId], ...] = (
     ("qkv_proj", "q_proj", "q"),
     ("qkv_proj", "k_proj", "k"),
     ("qkv_proj", "v_proj", "v"),
-    ("gate_up_proj", "gate_proj", 0),
-    ("gate_up_proj", "up_proj", 1),
-)
+) + MLP_STACKED_PARAMS
 
 
 def to_param_name(checkpoint_name: str, stacked_params) -> tuple[str, ShardId]:
