@@ -16,6 +16,9 @@ DEFAULT_KV_CACHE_GIB = 4.0
 # AVX-512: the kernel's lead falls from 3.6x at 8 tokens to 1.13x at 64 and 1.05x at 128,
 # from 256 on the GEMM is faster. AVX2 (2-core EPYC): 3.1x at 1 token, 1.24x at 64, 1.04x
 # at 96, even at 128. Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
+# What `--dtype auto` means on CPU when set (else chosen from the CPU's features).
+AUTO_DTYPE_ENV = "VLLM_CPU_AUTO_DTYPE"
+AUTO_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
 
 
@@ -30,7 +33,16 @@ class CpuPlatform(Platform):
         # bfloat16 where the CPU multiplies it fast (AVX512-BF16, AMX), as vLLM's CPU build;
         # elsewhere bfloat16 matmul is ~200x slower than float32. The fixed-order kernels
         # of batch-invariant mode are float32.
-        return torch.bfloat16 if has_fast_bf16() and not batch_invariant else torch.float32
+        if batch_invariant:
+            return torch.float32
+        forced = os.environ.get(AUTO_DTYPE_ENV, "").strip().lower()
+        if forced:
+            if forced not in AUTO_DTYPES:
+                from vllm.config import ConfigError
+                raise ConfigError(f"{AUTO_DTYPE_ENV} must be one of {', '.join(AUTO_DTYPES)}, "
+                                  f"got {forced!r}")
+            return AUTO_DTYPES[forced]
+        return torch.bfloat16 if has_fast_bf16() else torch.float32
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
