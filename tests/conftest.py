@@ -6,6 +6,11 @@ import pytest
 import torch
 
 from vllm.demo_model import demo_model_path
+from vllm.platforms.cpu import AUTO_DTYPE_ENV
+
+# The suite's references are float32: `--dtype auto` stays float32 on CPUs with fast
+# bfloat16 too, in this process and the servers it starts (bfloat16 has its own tests).
+os.environ.setdefault(AUTO_DTYPE_ENV, "float32")
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def test_block_kernel_batch_limit_is_the_selected_builds():
     assert found[1] == GGUF_KERNEL_MAX_TOKENS[cpu_isa.selected_isa()]
 
 
-def test_packed_linear_only_for_small_float32_batches():
+def test_packed_linear_only_for_small_float_batches():
     blocks = gguf_blocks(8, 64, GGML_Q8_0)
     weight = dequantize(blocks, GGML_Q8_0)
     calls = []
@@ -201,6 +201,26 @@ def test_packed_linear_only_for_small_float32_batches():
     packed_or_dense_linear(torch.randn(2, 64, dtype=torch.float64), weight.double(), None,
                            packed)
     assert calls == [1, 4]
+
+
+def test_packed_linear_widens_bfloat16_batches():
+    """A bfloat16 model's small batches use the float32 kernel on the exact block values,
+    rounded to bfloat16 once at the end; the bias is widened too."""
+    blocks = gguf_blocks(8, 64, GGML_Q8_0)
+    weight = dequantize(blocks, GGML_Q8_0)  # (8, 64) float32
+    seen = []
+
+    def recording_kernel(out, x, blocks, qtype, bias):
+        seen.append((x.dtype, bias.dtype))
+        out.copy_(F.linear(x, weight, bias))
+
+    packed = PackedLinear(BlockMatrix(blocks, GGML_Q8_0), recording_kernel, max_tokens=4)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    bias = torch.randn(8).to(torch.bfloat16)
+    out = packed_or_dense_linear(x, weight.to(torch.bfloat16), bias, packed)
+    assert seen == [(torch.float32, torch.float32)]
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.linear(x.float(), weight, bias.float()).to(torch.bfloat16))
 
 
 def test_block_matrix_narrows_whole_blocks_only():
@@ -282,10 +302,10 @@ def test_converted_blocks_dequantize_to_the_converted_weights(demo_model_dir, de
     assert sorted(map(bytes, kept_rows.numpy())) == sorted(map(bytes, file_rows.numpy()))
 
 
-def demo_model(folder: str):
+def demo_model(folder: str, dtype: torch.dtype = torch.float32):
     from vllm.model_executor.model_loader import get_model
     from vllm.transformers_utils.config import get_hf_config
-    return get_model(folder, get_hf_config(folder), torch.float32, "cpu")
+    return get_model(folder, get_hf_config(folder), dtype, "cpu")
 
 
 def packed_layers(model) -> dict:
@@ -301,6 +321,17 @@ def test_demo_model_layers_hold_blocks(demo_model_dir):
     assert packed["lm_head"].matrix.shape == (49152, 576)  # tied: the embedding's blocks
     assert packed["lm_head"].matrix.qtype == GGML_Q8_0
     assert packed["model.layers.0.mlp.down_proj"].matrix.qtype == GGML_Q4_1
+
+
+def test_bfloat16_demo_model_keeps_its_blocks(demo_model_dir):
+    """bfloat16 weights are the blocks' values rounded: the layers keep their blocks."""
+    kernel()
+    model = demo_model(demo_model_dir, torch.bfloat16)
+    packed = packed_layers(model)
+    assert len(packed) == 4 * 30 + 1
+    down = model.model.layers[0].mlp.down_proj
+    assert torch.equal(packed["model.layers.0.mlp.down_proj"].matrix.dequantize()
+                       .to(torch.bfloat16), down.weight.data)
 
 
 def test_kernels_off_or_no_blocks_file_keep_float32(demo_model_dir, tiny_model_dirs,

@@ -54,10 +54,10 @@ class EngineArgs:
         _check_mla(hf_config, self.kv_transfer_config)
         _check_tensor_parallel_split(hf_config, self.tensor_parallel_size)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
-        dtype = resolve_dtype(self.dtype, current_platform.default_dtype())
+        batch_invariant = batch_invariant_requested()
+        dtype = resolve_dtype(self.dtype, current_platform.default_dtype(batch_invariant))
         generation = _generation_defaults(self.generation_config, source, tokenizer,
                                           hf_config, self.trust_remote_code)
-        batch_invariant = batch_invariant_requested()
         if batch_invariant:
             current_platform.batch_invariant_linear(dtype)  # ConfigError where unsupported
         model_config = ModelConfig(

@@ -6,7 +6,7 @@ import psutil
 import torch
 
 from vllm.distributed.network import internal_host, is_local_address
-from vllm.platforms.cpu_isa import kernel_ops, selected_isa
+from vllm.platforms.cpu_isa import has_fast_bf16, kernel_ops, selected_isa
 from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
@@ -16,6 +16,9 @@ DEFAULT_KV_CACHE_GIB = 4.0
 # AVX-512: the kernel's lead falls from 3.6x at 8 tokens to 1.13x at 64 and 1.05x at 128,
 # from 256 on the GEMM is faster. AVX2 (2-core EPYC): 3.1x at 1 token, 1.24x at 64, 1.04x
 # at 96, even at 128. Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
+# What `--dtype auto` means on CPU when set (else chosen from the CPU's features).
+AUTO_DTYPE_ENV = "VLLM_CPU_AUTO_DTYPE"
+AUTO_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
 
 
@@ -26,9 +29,20 @@ class CpuPlatform(Platform):
     attn_backend = "vllm.attention.backends.cpu.CPUAttentionBackend"
     default_block_size = 16
 
-    def default_dtype(self) -> torch.dtype:
-        # bfloat16 matmul is ~200x slower than float32 on CPUs without AMX.
-        return torch.float32
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
+        # bfloat16 where the CPU multiplies it fast (AVX512-BF16, AMX), as vLLM's CPU build;
+        # elsewhere bfloat16 matmul is ~200x slower than float32. The fixed-order kernels
+        # of batch-invariant mode are float32.
+        if batch_invariant:
+            return torch.float32
+        forced = os.environ.get(AUTO_DTYPE_ENV, "").strip().lower()
+        if forced:
+            if forced not in AUTO_DTYPES:
+                from vllm.config import ConfigError
+                raise ConfigError(f"{AUTO_DTYPE_ENV} must be one of {', '.join(AUTO_DTYPES)}, "
+                                  f"got {forced!r}")
+            return AUTO_DTYPES[forced]
+        return torch.bfloat16 if has_fast_bf16() else torch.float32
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")

@@ -18,7 +18,8 @@ class Platform:
         module_name, _, cls_name = self.attn_backend.rpartition(".")
         return getattr(importlib.import_module(module_name), cls_name)
 
-    def default_dtype(self) -> torch.dtype:
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
+        """What `--dtype auto` means here; `batch_invariant`: VLLM_BATCH_INVARIANT is on."""
         return torch.bfloat16
 
     def device(self, local_rank: int = 0) -> torch.device:
