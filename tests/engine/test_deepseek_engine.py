@@ -46,6 +46,18 @@ def test_single_requests_match_transformers(tiny_deepseek, demo_model_dir):
         assert_parity(run_ours(llm, [prompt]), reference, [prompt], min_identical=0.9)
 
 
+def test_bfloat16_matches_transformers(tiny_deepseek, demo_model_dir):
+    """--dtype bfloat16: weights, activations and the latent cache (the router stays
+    float32, as in transformers); both sides round differently, so the top-5 rule
+    decides."""
+    from transformers import AutoModelForCausalLM
+    folder = tiny_deepseek("v3")
+    prompts = random_prompts((4, 9, 21, 40), seed=2)
+    ours = run_ours(make_llm(folder, demo_model_dir, dtype="bfloat16"), prompts)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    assert_parity(ours, reference, prompts, min_identical=0.5, logprob_atol=0.1)
+
+
 def greedy_completions(llm: LLM, prompts) -> list:
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
