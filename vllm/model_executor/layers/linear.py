@@ -175,25 +175,15 @@ class HeadParallelLinear(ColumnParallelLinear):
         copy_checked(param.data, shard, self.prefix)
 
 
-class ReplicatedLinear(nn.Module):
-    """y = x W^T + b with the whole W on every rank (no communication).
+class ReplicatedLinear(ColumnParallelLinear):
+    """y = x W^T + b with the whole W on every rank (a column split into one part each).
 
     `params_dtype` keeps a layer in another dtype than the model's (a float32 router)."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  prefix: str = "", params_dtype: Optional[torch.dtype] = None):
-        super().__init__()
-        self.prefix = prefix
-        self.input_size = input_size
-        self.output_size = output_size
-        self.weight = new_parameter(output_size, input_size)
-        self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
-        self.weight.weight_loader = self.weight_loader
-        if bias:
-            self.bias = new_parameter(output_size)
-            self.bias.weight_loader = self.weight_loader
-        else:
-            self.register_parameter("bias", None)
+        super().__init__(input_size, output_size, bias, False, prefix,
+                         local_output_size=output_size)
         if params_dtype is not None:
             self.to(params_dtype)
 
@@ -202,10 +192,6 @@ class ReplicatedLinear(nn.Module):
         if shard_id is not None:
             raise ValueError(f"{self.prefix}: unexpected shard_id {shard_id!r}")
         copy_checked(param.data, loaded_weight, self.prefix)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (num_tokens, output_size)
-        return packed_or_dense_linear(x, self.weight, self.bias, self.packed)
 
 
 class RowParallelLinear(nn.Module):
