@@ -76,6 +76,11 @@ class Platform:
         return None
 
     # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------
+    def panel_kernel(self) -> Optional[tuple[Callable, int, int, int]]:
+        """(kernel(out, x, panels, bias), panel width, min tokens, max tokens) of the packed
+        float32 GEMM for mid-sized batches, or None where there is none."""
+        return None
+
     def batch_invariant_linear(self, dtype: torch.dtype) -> Callable:
         """An op `op(out, x, weight, bias)` computing x W^T + b whose every output row is bit
         for bit the same whatever the other rows of x; raises vllm.config.ConfigError where

@@ -133,7 +133,11 @@ def packed_or_dense_linear(x: torch.Tensor, weight: torch.Tensor,
                            bias: Optional[torch.Tensor],
                            packed: Optional[PackedLinear]) -> torch.Tensor:
     """x W^T + b: through the GGUF-block kernel when the layer has one and the batch is
-    small, else the float32 GEMM."""
+    small, else the weight's panels (model_executor/layers/panel_weights.py) when the batch
+    is in their range, else the library GEMM."""
     if packed is not None and packed.applies_to(x):
         return packed(x, bias)
+    panels = getattr(weight, "panels", None)
+    if panels is not None and panels.applies_to(x):
+        return panels(x, bias)
     return F.linear(x, weight, bias)
