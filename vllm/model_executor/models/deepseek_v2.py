@@ -17,11 +17,15 @@ from vllm.model_executor.layers.rotary_embedding import (
     RotaryEmbedding, rope_frequencies, rope_parameters_from_config, yarn_mscale)
 from vllm.model_executor.models.llama import (
     CosSin, LlamaForCausalLM, LlamaMLP, LlamaModel, PreNormDecoderLayer, join_prefix)
-from vllm.model_executor.models.weight_mapping import MLP_STACKED_PARAMS
+from vllm.model_executor.models.weight_mapping import MLP_STACKED_PARAMS, load_named_weights
 
 # transformers builds q_a_layernorm and kv_a_layernorm with RMSNorm's default eps.
 LATENT_NORM_EPS = 1e-6
 _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
+# The checkpoint keeps the score correction bias with the router; FusedMoE holds it.
+ROUTER_BIAS = ".mlp.gate.e_score_correction_bias"
+EXPERTS_BIAS = ".mlp.experts.e_score_correction_bias"
+EXPERT_WEIGHTS = ("experts.w13_weight", "experts.w2_weight")  # loaded by ExpertWeightLoader
 
 
 def mla_softmax_scale(config: Any) -> float:
@@ -96,18 +100,17 @@ class DeepseekV2MoE(nn.Module):
     MLP of n_shared_experts * moe_intermediate_size. The router is a float32 linear layer
     replicated on every rank."""
 
-    def __init__(self, config: Any, routing: dict[str, Any], prefix: str):
+    def __init__(self, config: Any, prefix: str):
         super().__init__()
-        from vllm.model_executor.layers.fused_moe import FusedMoE
+        from vllm.model_executor.layers.fused_moe import FusedMoE, routing_kwargs_from_config
         hidden, num_experts = config.hidden_size, config.n_routed_experts
         self.gate = ReplicatedLinear(hidden, num_experts, bias=False,
                                      prefix=join_prefix(prefix, "gate"),
                                      params_dtype=torch.float32)
         self.experts = FusedMoE(
             num_experts, config.num_experts_per_tok, hidden, config.moe_intermediate_size,
-            renormalize=bool(config.norm_topk_prob), num_expert_group=config.n_group,
-            topk_group=config.topk_group, routed_scaling_factor=config.routed_scaling_factor,
-            reduce_results=True, prefix=join_prefix(prefix, "experts"), **routing)
+            reduce_results=True, prefix=join_prefix(prefix, "experts"),
+            **routing_kwargs_from_config(config))
         num_shared = getattr(config, "n_shared_experts", None) or 0
         self.shared_experts = LlamaMLP(
             hidden, num_shared * config.moe_intermediate_size, config.hidden_act, False,
@@ -148,12 +151,6 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
             raise ValueError(f"moe_layer_freq={config.moe_layer_freq} is not supported "
                              "(every layer after first_k_dense_replace is MoE)")
 
-    @staticmethod
-    def routing(config: Any) -> dict[str, Any]:
-        return {"scoring_func": getattr(config, "scoring_func", None) or "softmax",
-                "topk_method": getattr(config, "topk_method", None) or "greedy",
-                "has_score_correction_bias": False}
-
     def make_model(self, config: Any, prefix: str) -> nn.Module:
         self.check_config(config)
         return LlamaModel(config, prefix, lambda i, p: self.make_layer(config, i, p),
@@ -162,7 +159,7 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
     def make_layer(self, config: Any, index: int, prefix: str) -> PreNormDecoderLayer:
         self_attn = DeepseekV2MLAAttention(config, join_prefix(prefix, "self_attn"))
         if is_moe_layer(config, index):
-            mlp = DeepseekV2MoE(config, self.routing(config), join_prefix(prefix, "mlp"))
+            mlp = DeepseekV2MoE(config, join_prefix(prefix, "mlp"))
         else:
             mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
                            getattr(config, "hidden_act", "silu"),
@@ -171,17 +168,42 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
         return PreNormDecoderLayer(self_attn, mlp, config.hidden_size, config.rms_norm_eps)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The routed experts' tensors (mlp.experts.N.{gate,up,down}_proj) go to their
+        FusedMoE parameters, the router's e_score_correction_bias to FusedMoE's, the rest by
+        name; multi-token-prediction layers are skipped."""
+        if not any(is_moe_layer(self.config, i) for i in range(self.config.num_hidden_layers)):
+            return load_named_weights(self, self._without_mtp(weights), self.stacked_params,
+                                      skip_prefixes=self._skipped_prefixes())
+        from vllm.model_executor.layers.fused_moe import (
+            ExpertWeightLoader, check_experts_loaded, expert_params_mapping)
+        experts = ExpertWeightLoader(dict(self.named_parameters()),
+                                     expert_params_mapping(self.config.n_routed_experts))
+        loaded: set[str] = set()
+
+        def by_name():
+            for name, tensor in self._without_mtp(weights):
+                expert_param = experts.load(name, tensor)
+                if expert_param is None:
+                    yield name.replace(ROUTER_BIAS, EXPERTS_BIAS), tensor
+                else:
+                    loaded.add(expert_param)
+
+        loaded |= load_named_weights(self, by_name(), self.stacked_params,
+                                     skip_prefixes=self._skipped_prefixes(),
+                                     loaded_elsewhere=EXPERT_WEIGHTS)
+        check_experts_loaded(self)
+        return loaded
+
+    def _without_mtp(self, weights: Iterable[tuple[str, torch.Tensor]]):
         num_layers = self.config.num_hidden_layers
-        return super().load_weights((name, tensor) for name, tensor in weights
-                                    if not is_mtp_weight(name, num_layers))
+        return ((name, tensor) for name, tensor in weights
+                if not is_mtp_weight(name, num_layers))
+
+    def _skipped_prefixes(self) -> tuple[str, ...]:
+        return ("lm_head.",) if self.tie_word_embeddings else ()
 
 
 class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):
     """DeepSeek-V3/R1: sigmoid scores plus e_score_correction_bias for the choice,
-    group-limited top-k (n_group, topk_group)."""
-
-    @staticmethod
-    def routing(config: Any) -> dict[str, Any]:
-        return {"scoring_func": getattr(config, "scoring_func", None) or "sigmoid",
-                "topk_method": getattr(config, "topk_method", None) or "noaux_tc",
-                "has_score_correction_bias": True}
+    group-limited top-k (n_group, topk_group); the routing follows the config's model_type
+    (fused_moe.routing_kwargs_from_config)."""

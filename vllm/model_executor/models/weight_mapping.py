@@ -28,10 +28,14 @@ def to_param_name(checkpoint_name: str, stacked_params) -> tuple[str, ShardId]:
     return checkpoint_name, None
 
 
-def expected_checkpoint_names(param_names: Iterable[str], stacked_params) -> set[str]:
-    """Every checkpoint tensor name the parameters `param_names` need."""
+def expected_checkpoint_names(param_names: Iterable[str], stacked_params,
+                              loaded_elsewhere: tuple[str, ...] = ()) -> set[str]:
+    """Every checkpoint tensor name the parameters `param_names` need, but those of
+    parameters whose names contain one of `loaded_elsewhere`."""
     expected = set()
     for name in param_names:
+        if any(part in name for part in loaded_elsewhere):
+            continue
         parts = [(p, c) for p, c, _ in stacked_params if f".{p}." in name]
         if not parts:
             expected.add(name)
@@ -43,15 +47,17 @@ def expected_checkpoint_names(param_names: Iterable[str], stacked_params) -> set
 def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                        stacked_params=LLAMA_STACKED_PARAMS,
                        skip_substrings: tuple[str, ...] = ("rotary_emb.inv_freq",),
-                       skip_prefixes: tuple[str, ...] = ()) -> set[str]:
+                       skip_prefixes: tuple[str, ...] = (),
+                       loaded_elsewhere: tuple[str, ...] = ()) -> set[str]:
     """Load checkpoint (name, tensor) pairs through each parameter's weight_loader.
 
     Raises ValueError for a name that matches no parameter and, at the end, for
-    checkpoint tensors a parameter needs but never got. Returns the names of the
-    parameters that were loaded.
+    checkpoint tensors a parameter needs but never got (not counting parameters whose
+    names contain one of `loaded_elsewhere`, which the caller loads and checks). Returns
+    the names of the parameters that were loaded.
     """
     params = dict(model.named_parameters())
-    expected = expected_checkpoint_names(params, stacked_params)
+    expected = expected_checkpoint_names(params, stacked_params, loaded_elsewhere)
     seen: set[str] = set()
     loaded: set[str] = set()
     for name, tensor in weights:
