@@ -1,5 +1,8 @@
 """Tiny random DeepSeek V2/V3 checkpoints made by transformers' own classes (save_pretrained),
 the independent reference of the MLA tests."""
+import importlib.util
+
+import pytest
 import torch
 
 # 4 heads of 16 + 8 (no-rope + rope) query/key channels, values of 16, a latent of 32.
@@ -26,7 +29,27 @@ VARIANTS = {
     # 3 heads: over 2 ranks they split 2 + 1
     "v3_3heads": ("v3", dict(DENSE, hidden_size=48, num_attention_heads=3,
                              num_key_value_heads=3)),
+    # MoE: 8 experts in 4 groups, 2 groups and 2 experts per token, one shared expert
+    "v3_moe": ("v3", dict(first_k_dense_replace=1)),
+    "v3_moe_all_yarn": ("v3", dict(first_k_dense_replace=0, q_lora_rank=None,
+                                   rope_parameters=YARN)),
+    "v2_moe": ("v2", dict(first_k_dense_replace=1, q_lora_rank=None, norm_topk_prob=False,
+                          topk_method="group_limited_greedy")),
+    "v2_moe_greedy": ("v2", dict(first_k_dense_replace=0, norm_topk_prob=False, n_group=None,
+                                 topk_group=None)),
 }
+
+
+MOE_VARIANTS = ("v3_moe", "v3_moe_all_yarn", "v2_moe", "v2_moe_greedy")
+NEEDS_FUSED_MOE = pytest.mark.skipif(
+    importlib.util.find_spec("vllm.model_executor.layers.fused_moe") is None,
+    reason="the MoE layer (vllm/model_executor/layers/fused_moe) is not merged yet")
+
+
+def variant_params(names) -> list:
+    """Parametrize values for `names`, the MoE variants skipped until FusedMoE is there."""
+    return [pytest.param(name, marks=NEEDS_FUSED_MOE) if name in MOE_VARIANTS else name
+            for name in names]
 
 
 def deepseek_classes(arch: str):

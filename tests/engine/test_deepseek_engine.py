@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from deepseek_models import NEEDS_FUSED_MOE, variant_params
 from near_tie import assert_equal_up_to_near_ties
 from test_hf_parity import assert_parity, run_ours
 from vllm import LLM, SamplingParams
@@ -31,7 +32,9 @@ def hf_model(folder: str):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("variant", ["v3", "v3_no_q_lora", "v3_yarn", "v2"])
+@pytest.mark.parametrize("variant", variant_params([
+    "v3", "v3_no_q_lora", "v3_yarn", "v2", "v3_moe", "v3_moe_all_yarn", "v2_moe",
+    "v2_moe_greedy"]))
 def test_batch_matches_transformers(tiny_deepseek, demo_model_dir, variant):
     folder = tiny_deepseek(variant)
     prompts = random_prompts()
@@ -82,6 +85,28 @@ def test_chunked_context_prefill_gives_the_same_tokens(tiny_deepseek, demo_model
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
     assert_equal_up_to_near_ties(greedy_completions(chunked, prompts), reference, params,
                                  min_compared=0.9)
+
+
+@NEEDS_FUSED_MOE
+def test_moe_chunked_prefill_and_prefix_hits_give_the_same_tokens(tiny_deepseek,
+                                                                  demo_model_dir):
+    """MoE layers after a dense one: prompts prefilled in 16-token chunks, then again from
+    the prefix cache, give the tokens of one-shot prefills (near-tie rule)."""
+    folder = tiny_deepseek("v3_moe")
+    prompts = random_prompts((40, 64, 90), seed=4)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    reference = greedy_completions(make_llm(folder, demo_model_dir,
+                                            enable_prefix_caching=False), prompts)
+    llm = make_llm(folder, demo_model_dir, max_num_batched_tokens=16)
+    assert_equal_up_to_near_ties(greedy_completions(llm, prompts), reference, params,
+                                 min_compared=0.9)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                           use_tqdm=False)
+    assert min(o.num_cached_tokens for o in outputs) >= 32  # prefix hits this time
+    assert_equal_up_to_near_ties([o.outputs[0] for o in outputs], reference, params,
+                                 min_compared=0.9)
+    manager = llm.llm_engine.engine_core.kv_cache_manager
+    assert manager.get_num_free_blocks() == manager.num_blocks
 
 
 def test_kv_cache_bytes_per_block_are_the_latent(tiny_deepseek, demo_model_dir):
