@@ -25,14 +25,26 @@ class DenseKernelLinear:
         return out
 
 
+def fixed_order_matmul(kernel: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """matmul(x (n, in), weight (out, in)) -> x weight^T through `kernel` (weights that
+    are not one layer's, such as one expert's of a stacked tensor)."""
+    def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return DenseKernelLinear(weight, kernel)(x, None)
+    return matmul
+
+
 def make_batch_invariant(model: nn.Module, dense_kernel: Callable) -> int:
     """Every linear layer multiplies through a kernel at every batch size (its GGUF blocks,
-    else `dense_kernel` on its weight), every attention layer takes its fixed-order path.
-    Returns the number of linear layers switched."""
+    else `dense_kernel` on its weight), every attention layer takes its fixed-order path,
+    every module with `use_fixed_order_kernel(kernel)` (FusedMoE) is handed `dense_kernel`.
+    Returns the number of linear and expert layers switched."""
     switched = 0
     for module in model.modules():
         if isinstance(module, Attention):
             module.impl.make_batch_invariant()
+        if hasattr(module, "use_fixed_order_kernel"):
+            module.use_fixed_order_kernel(dense_kernel)
+            switched += 1
         if not hasattr(module, "packed"):
             continue
         if module.packed is None:
