@@ -25,14 +25,6 @@ class DenseKernelLinear:
         return out
 
 
-def fixed_order_matmul(kernel: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """matmul(x (n, in), weight (out, in)) -> x weight^T through `kernel` (weights that
-    are not one layer's, such as one expert's of a stacked tensor)."""
-    def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return DenseKernelLinear(weight, kernel)(x, None)
-    return matmul
-
-
 def make_batch_invariant(model: nn.Module, dense_kernel: Callable) -> int:
     """Every linear layer multiplies through a kernel at every batch size (its GGUF blocks,
     else `dense_kernel` on its weight), every attention layer takes its fixed-order path,

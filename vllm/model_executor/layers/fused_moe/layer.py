@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from vllm.distributed.communication_op import tensor_model_parallel_all_reduce
-from vllm.model_executor.layers.fused_moe.experts import Matmul, dense_matmul, run_experts
+from vllm.model_executor.layers.fused_moe.experts import (
+    MatmulInto, gemm_into, kernel_into, run_experts)
 from vllm.model_executor.layers.fused_moe.routing import Routing, route
 from vllm.model_executor.layers.fused_moe.weights import EXPERT_SHARDS, expert_checkpoint_name
-from vllm.model_executor.layers.invariant_kernels import fixed_order_matmul
 from vllm.model_executor.layers.weight_utils import (
     copy_checked, divide, narrow_checked, new_parameter, tp_rank_and_size)
 
@@ -53,7 +53,7 @@ class FusedMoE(nn.Module):
                 torch.zeros(num_experts, dtype=torch.float32), requires_grad=False)
         else:
             self.register_parameter("e_score_correction_bias", None)
-        self.matmul: Matmul = dense_matmul
+        self.matmul_into: MatmulInto = gemm_into
         self.loaded: set[tuple[int, str]] = set()
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
@@ -95,7 +95,7 @@ class FusedMoE(nn.Module):
     def use_fixed_order_kernel(self, kernel: Callable) -> None:
         """Batch-invariant mode: every expert matmul through the platform's fixed-order
         dense kernel, so a token's output does not depend on its expert's row count."""
-        self.matmul = fixed_order_matmul(kernel)
+        self.matmul_into = kernel_into(kernel)
 
     def forward(self, hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """sum_k w_k * expert_k(hidden) per token: (T, H) in hidden's dtype, summed over
@@ -107,7 +107,7 @@ class FusedMoE(nn.Module):
                              f"got {tuple(hidden.shape)} and {tuple(router_logits.shape)}")
         weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
         out = run_experts(hidden, self.w13_weight, self.w2_weight, weights, ids,
-                          self.matmul)  # (T, H) float32
+                          self.matmul_into)  # (T, H) float32
         if self.reduce_results:
             out = tensor_model_parallel_all_reduce(out)
         return out.to(hidden.dtype)
