@@ -16,6 +16,7 @@ from vllm.distributed.parallel_state import init_tensor_parallel
 from vllm.model_executor.layers.fused_moe import (
     ExpertWeightLoader, FusedMoE, check_experts_loaded, expert_params_mapping,
     routing_kwargs_from_config, select_experts)
+from vllm.model_executor.layers.fused_moe.experts import gemm_into, kernel_into
 from vllm.model_executor.layers.invariant_kernels import make_batch_invariant
 from vllm.platforms import current_platform
 
@@ -141,12 +142,22 @@ def test_group_limit_and_bias_change_the_choice():
     torch.testing.assert_close(weights[0, ids[0] == 7], torch.sigmoid(logits[0, 7:8]))
 
 
+def expert_matmul(name: str):
+    """gemm: MKL's GEMM for every expert; mixed: the small-batch kernel up to 4 rows."""
+    if name == "gemm":
+        return gemm_into
+    return kernel_into(fixed_order_kernel(), 4)
+
+
 @pytest.mark.parametrize("case", ["v3_groups_norm", "v3_one_group", "v2_greedy",
                                   "v2_group_limited"])
 @pytest.mark.parametrize("num_tokens", [1, 7, 64])
-def test_fused_moe_matches_transformers_moe(case, num_tokens):
+@pytest.mark.parametrize("matmul", ["platform", "gemm", "mixed"])
+def test_fused_moe_matches_transformers_moe(case, num_tokens, matmul):
     config, moe = hf_moe(case)
     layer = load_model(config, moe)
+    if matmul != "platform":
+        layer.matmul_into = expert_matmul(matmul)
     hidden = torch.randn(num_tokens, HIDDEN, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = moe(hidden)  # routed + shared experts

@@ -17,6 +17,10 @@ DEFAULT_KV_CACHE_GIB = 4.0
 # from 256 on the GEMM is faster. AVX2 (2-core EPYC): 3.1x at 1 token, 1.24x at 64, 1.04x
 # at 96, even at 128. Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
 GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
+# Float32 matmuls of at most this many rows use dense_linear rather than MKL's GEMM (each
+# expert of a MoE layer sees few rows), per kernel build; builds not measured are absent.
+# AVX2 (2-core EPYC, 512 x 512 weight): MEASURED.
+DENSE_KERNEL_MAX_ROWS = {"avx2": 64}
 
 
 class CpuPlatform(Platform):
@@ -59,6 +63,14 @@ class CpuPlatform(Platform):
         if ops is None:
             return None
         return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS[selected_isa()]
+
+    def small_batch_linear(self, dtype: torch.dtype):
+        ops = kernel_ops()
+        max_rows = DENSE_KERNEL_MAX_ROWS.get(selected_isa())
+        if dtype != torch.float32 or ops is None or max_rows is None \
+                or not hasattr(ops, "dense_linear"):
+            return None
+        return ops.dense_linear, max_rows
 
     def batch_invariant_linear(self, dtype: torch.dtype):
         from vllm.batch_invariant import BATCH_INVARIANT_ENV

@@ -1,4 +1,5 @@
 """Routed experts run expert by expert: an expert's tokens in one gate+up and one down matmul."""
+import sys
 from typing import Callable
 
 import torch
@@ -16,10 +17,14 @@ def gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
     torch.mm(x, weight.t(), out=out)
 
 
-def kernel_into(kernel: Callable) -> MatmulInto:
-    """A platform kernel `kernel(out, x, weight, bias)` as a MatmulInto."""
+def kernel_into(kernel: Callable, max_rows: int = sys.maxsize) -> MatmulInto:
+    """A platform kernel `kernel(out, x, weight, bias)` as a MatmulInto for at most
+    `max_rows` rows, the GEMM above."""
     def matmul_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-        kernel(out, x, weight, None)
+        if x.shape[0] <= max_rows:
+            kernel(out, x, weight, None)
+        else:
+            gemm_into(out, x, weight)
     return matmul_into
 
 

@@ -11,6 +11,13 @@ from vllm.model_executor.layers.fused_moe.routing import Routing, route
 from vllm.model_executor.layers.fused_moe.weights import EXPERT_SHARDS, expert_checkpoint_name
 from vllm.model_executor.layers.weight_utils import (
     copy_checked, divide, narrow_checked, new_parameter, tp_rank_and_size)
+from vllm.platforms import current_platform
+
+
+def small_batch_matmul(dtype: torch.dtype) -> MatmulInto:
+    """The platform's small-batch kernel for an expert's few rows where it has one."""
+    small = current_platform.small_batch_linear(dtype)
+    return gemm_into if small is None else kernel_into(*small)
 
 
 class FusedMoE(nn.Module):
@@ -53,7 +60,7 @@ class FusedMoE(nn.Module):
                 torch.zeros(num_experts, dtype=torch.float32), requires_grad=False)
         else:
             self.register_parameter("e_score_correction_bias", None)
-        self.matmul_into: MatmulInto = gemm_into
+        self.matmul_into = small_batch_matmul(self.w13_weight.dtype)
         self.loaded: set[tuple[int, str]] = set()
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
