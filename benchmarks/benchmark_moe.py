@@ -1,14 +1,16 @@
-"""Per-step time of one FusedMoE layer against a dense MLP with the same active parameters.
+"""Per-step time of a FusedMoE layer against a dense MLP with the same active parameters.
 
 The MoE layer (the gate's matmul, routing and the routed experts, DeepSeek-V3 style:
 sigmoid scores, noaux_tc over groups) has `--experts` experts of intermediate size
 `--intermediate`, `--top-k` of them per token; the dense MLP has one gate/up/down of
-intermediate size top_k x intermediate, the parameters one token touches. Each batch size
-reports the fastest of `--iters` steps (the machine may be shared) in ms, the ratio MoE /
-dense, and how many experts the batch woke. The experts' matmuls take the platform's
-small-batch kernel where it has one (`--expert-gemm`: MKL's GEMM always, as the dense MLP);
-`--fixed-order` times both on the platform's batch-invariant kernel instead
-(VLLM_BATCH_INVARIANT's path). Example:
+intermediate size top_k x intermediate, the parameters one token touches. A step runs
+`--layers` layers of each kind with their own weights, so that, as in a model, the dense
+weights do not stay in the last-level cache between steps. Each batch size reports the
+fastest of `--iters` steps (the machine may be shared) in ms per layer, the ratio MoE /
+dense, and how many experts the batch woke in the first layer. The experts' matmuls take
+the platform's small-batch kernel where it has one (`--expert-gemm`: MKL's GEMM always,
+as the dense MLP); `--fixed-order` times both on the platform's batch-invariant kernel
+instead (VLLM_BATCH_INVARIANT's path). Example:
 
     python benchmarks/benchmark_moe.py --experts 16 64 --num-tokens 1 8 64 512
 """
@@ -37,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=6)
     parser.add_argument("--num-tokens", type=int, nargs="+", default=[1, 8, 64, 512])
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--layers", type=int, default=8,
+                        help="layers per step, each with its own weights (8 dense layers "
+                             "of the default shape, 75 MB, outgrow a 32 MB L3)")
     parser.add_argument("--fixed-order", action="store_true")
     parser.add_argument("--expert-gemm", action="store_true",
                         help="experts on the GEMM even where the platform has a faster "
@@ -44,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
     parser.add_argument("--output-json", default=None)
     args = parser.parse_args(argv)
-    if args.iters < 1 or min(args.num_tokens) < 1 or min(args.experts) < args.top_k:
-        parser.error("--iters and --num-tokens must be >= 1, --experts >= --top-k")
+    if min(args.iters, args.layers, *args.num_tokens) < 1 or min(args.experts) < args.top_k:
+        parser.error("--iters, --layers and --num-tokens must be >= 1, --experts >= --top-k")
     return args
 
 
@@ -88,26 +93,36 @@ def linear_through(kernel):
 
 def measure(args, num_experts: int, kernel) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
-    layer, gate = make_moe(args, num_experts, generator)
-    w13, w2 = make_dense(args, generator)
-    if kernel is not None:
-        layer.use_fixed_order_kernel(kernel)
-    elif args.expert_gemm:
-        layer.matmul_into = gemm_into
+    moes = [make_moe(args, num_experts, generator) for _ in range(args.layers)]
+    denses = [make_dense(args, generator) for _ in range(args.layers)]
+    for layer, _ in moes:
+        if kernel is not None:
+            layer.use_fixed_order_kernel(kernel)
+        elif args.expert_gemm:
+            layer.matmul_into = gemm_into
     linear = linear_through(kernel)
     silu_and_mul = SiluAndMul()
+
+    def moe_pass():
+        for layer, gate in moes:
+            layer(x, linear(x, gate))
+
+    def dense_pass():
+        for w13, w2 in denses:
+            linear(silu_and_mul(linear(x, w13)), w2)
+
     rows = []
     for num_tokens in args.num_tokens:
         x = torch.randn(num_tokens, args.hidden, generator=generator)  # (T, H)
-        moe_s = fastest_seconds(lambda: layer(x, linear(x, gate)), args.iters)
-        dense_s = fastest_seconds(lambda: linear(silu_and_mul(linear(x, w13)), w2), args.iters)
-        rows.append(dict(experts=num_experts, tokens=num_tokens, moe_ms=moe_s * 1e3,
-                         dense_ms=dense_s * 1e3, ratio=moe_s / dense_s,
-                         experts_woken=experts_woken(layer, x, gate)))
+        moe_ms = fastest_seconds(moe_pass, args.iters) * 1e3 / args.layers
+        dense_ms = fastest_seconds(dense_pass, args.iters) * 1e3 / args.layers
+        rows.append(dict(experts=num_experts, tokens=num_tokens, moe_ms=moe_ms,
+                         dense_ms=dense_ms, ratio=moe_ms / dense_ms,
+                         experts_woken=experts_woken(*moes[0], x)))
     return rows
 
 
-def experts_woken(layer: FusedMoE, x: torch.Tensor, gate: torch.Tensor) -> int:
+def experts_woken(layer: FusedMoE, gate: torch.Tensor, x: torch.Tensor) -> int:
     _, ids = route(layer.routing, F.linear(x, gate), layer.e_score_correction_bias)
     return int(ids.unique().numel())
 

@@ -59,9 +59,7 @@ def sum_over_slots(down: torch.Tensor, order: torch.Tensor, num_tokens: int,
                    top_k: int) -> torch.Tensor:
     """Each token's k expert outputs (rows of `down` in expert order) added in float32 in
     the token's own slot order 0..k-1, so the sum never depends on the rest of the batch."""
-    by_slot = torch.empty_like(down)
-    by_slot[order] = down
-    by_slot = by_slot.view(num_tokens, top_k, -1)  # (T, k, H)
+    by_slot = down.index_select(0, order.argsort()).view(num_tokens, top_k, -1)  # (T, k, H)
     out = torch.zeros(num_tokens, down.shape[1], dtype=torch.float32,
                       device=down.device)  # (T, H)
     for slot in range(top_k):
