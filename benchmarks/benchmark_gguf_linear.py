@@ -4,12 +4,14 @@ Loads the demo model (or `--model`, a converted GGUF folder or a .gguf file), th
 each batch size times one pass over all the layers that hold GGUF blocks (30 x qkv, o,
 gate_up, down and the LM head for the demo model) each way, on the same inputs: MKL's
 float32 GEMM (F.linear), the GGUF-block kernel (gguf_linear) and, with `--kernels ...
-dense`, the row-invariant float32 kernel (dense_linear). Each is reported in ms, in GB/s
+dense`, the row-invariant float32 kernel (dense_linear), with `... panels` the packed
+float32 GEMM (panel_linear, whatever its token window). Each is reported in ms, in GB/s
 of weights read (float32 or blocks, once per pass) and in GFLOP/s, beside this machine's
 read bandwidth and FMA peak (benchmarks/machine_limits.py). Examples:
 
     python benchmarks/benchmark_gguf_linear.py --num-tokens 1 8 16 64 128
     python benchmarks/benchmark_gguf_linear.py --kernels gemm dense --num-tokens 1 8 64 256 2048
+    python benchmarks/benchmark_gguf_linear.py --kernels gemm blocks panels --num-tokens 1 4 8 16 64 256 1024
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ from vllm.platforms import cpu_isa  # noqa: E402
 from vllm.transformers_utils.config import get_hf_config  # noqa: E402
 from vllm.transformers_utils.gguf_cache import resolve_model_source  # noqa: E402
 
-KERNELS = ("gemm", "blocks", "dense")
+KERNELS = ("gemm", "blocks", "dense", "panels")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +56,8 @@ def layer_call(kernel: str, ops):
         return lambda layer, x: F.linear(x, layer.weight)
     if kernel == "blocks":
         return lambda layer, x: layer.packed(x, None)
+    if kernel == "panels":
+        return lambda layer, x: layer.weight.panels(x, None)
 
     def dense(layer, x):
         out = x.new_empty(x.shape[0], layer.weight.shape[0])  # (tokens, output rows)
@@ -76,7 +80,7 @@ def peaks(limits: dict, isa: str) -> dict:
     for MKL (which picks its own code path)."""
     best = max(limits["fma_gflop_s"].values())
     own = limits["fma_gflop_s"][isa]
-    return {"gemm": best, "blocks": own, "dense": own}
+    return {"gemm": best, "blocks": own, "dense": own, "panels": own}
 
 
 def main(argv=None) -> None:
@@ -92,7 +96,8 @@ def main(argv=None) -> None:
     weight_bytes = sum(layer.weight.numel() * 4 for layer in layers)
     block_bytes = sum(layer.packed.matrix.blocks.numel() for layer in layers)
     flops_per_token = sum(2 * layer.weight.numel() for layer in layers)
-    read = {"gemm": weight_bytes, "blocks": block_bytes, "dense": weight_bytes}
+    read = {"gemm": weight_bytes, "blocks": block_bytes, "dense": weight_bytes,
+            "panels": weight_bytes}
     peak = peaks(limits, isa)
     print(f"{len(layers)} layers: {weight_bytes / 1e6:.0f} MB float32, "
           f"{block_bytes / 1e6:.0f} MB GGUF blocks, kernels {isa}")

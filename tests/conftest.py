@@ -6,6 +6,11 @@ import pytest
 import torch
 
 from vllm.demo_model import demo_model_path
+from vllm.platforms.cpu import AUTO_DTYPE_ENV
+
+# The suite's references are float32: `--dtype auto` stays float32 on CPUs with fast
+# bfloat16 too, in this process and the servers it starts (bfloat16 has its own tests).
+os.environ.setdefault(AUTO_DTYPE_ENV, "float32")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +72,22 @@ def two_eos_model(tmp_path_factory) -> str:
     from two_eos_model import write_generation_config
     folder = make_tiny_model(str(tmp_path_factory.mktemp("two_eos")), "llama", seed=5)
     write_generation_config(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_deepseek(tmp_path_factory):
+    """tiny_deepseek(name) -> the folder of that tiny DeepSeek (deepseek_models.VARIANTS),
+    saved once per session."""
+    from deepseek_models import make_variant
+    folders: dict[str, str] = {}
+
+    def folder(name: str) -> str:
+        if name not in folders:
+            path = str(tmp_path_factory.mktemp(f"deepseek_{name}"))
+            make_variant(path, name)
+            folders[name] = path
+        return folders[name]
     return folder
 
 

@@ -47,6 +47,15 @@ class ModelConfig:
         return self.hf_config.num_hidden_layers
 
     @property
+    def is_mla(self) -> bool:
+        return kv_shape.is_mla(self.hf_config)
+
+    @property
+    def kv_cache_elements_per_token(self) -> int:
+        """Cache values per token of one layer, all ranks together (vllm/kv_shape.py)."""
+        return kv_shape.cache_elements_per_token(self.hf_config)
+
+    @property
     def num_kv_heads(self) -> int:
         return kv_shape.num_kv_heads(self.hf_config)
 

@@ -1,12 +1,69 @@
-"""A Hugging Face config's KV-cache shape per layer: its KV heads and head size (torch-free)."""
+"""A Hugging Face config's KV cache per layer (torch-free): GQA's K and V heads, or the latent
+row per token of multi-head latent attention (MLA: DeepSeek V2/V3)."""
 from typing import Any
+
+MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+MLA_FIELDS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+MLA_KV_TRANSFER_UNSUPPORTED = "KV transfer is not yet supported for MLA models (issue 17)"
+
+
+def is_mla(hf_config: Any) -> bool:
+    """MLA caches one latent row per token and layer (kv_lora_rank + qk_rope_head_dim values,
+    the same on every tensor-parallel rank) instead of per-head keys and values."""
+    return (getattr(hf_config, "model_type", None) in MLA_MODEL_TYPES
+            or getattr(hf_config, "kv_lora_rank", None) is not None)
+
+
+def check_mla_fields(hf_config: Any) -> None:
+    """Raises ValueError naming the first MLA field that is missing or not a positive int."""
+    for name in MLA_FIELDS:
+        _check_positive(name, getattr(hf_config, name, None))
+    q_lora_rank = getattr(hf_config, "q_lora_rank", None)
+    if q_lora_rank is not None:
+        _check_positive("q_lora_rank", q_lora_rank)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"the MLA model config needs a positive integer {name}, got {value!r}")
+
+
+def mla_latent_size(hf_config: Any) -> int:
+    """Values per token in one layer's MLA cache: the normalised latent, then the rotated
+    shared key part (576 for DeepSeek-R1)."""
+    check_mla_fields(hf_config)
+    return hf_config.kv_lora_rank + hf_config.qk_rope_head_dim
 
 
 def num_kv_heads(hf_config: Any) -> int:
-    """KV heads of the whole model (before any tensor-parallel split)."""
+    """KV heads of the whole model (before any tensor-parallel split); GQA only."""
+    _refuse_mla(hf_config, "KV heads")
     return getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
 
 
 def head_size(hf_config: Any) -> int:
+    _refuse_mla(hf_config, "a KV head size")
     return getattr(hf_config, "head_dim", None) or \
         hf_config.hidden_size // hf_config.num_attention_heads
+
+
+def _refuse_mla(hf_config: Any, what: str) -> None:
+    if is_mla(hf_config):
+        raise ValueError(f"an MLA model ({getattr(hf_config, 'model_type', '?')}) caches a "
+                         f"latent per token, not {what}: ask kv_shape.cache_elements_per_token")
+
+
+def head_groups(hf_config: Any) -> int:
+    """The groups attention heads are dealt out to tensor-parallel ranks in: the KV heads
+    (GQA), or every query head (MLA, whose latent cache is replicated on every rank)."""
+    if is_mla(hf_config):
+        return hf_config.num_attention_heads
+    return num_kv_heads(hf_config)
+
+
+def cache_elements_per_token(hf_config: Any) -> int:
+    """One layer's cache values per token, all ranks together: 2 * KV heads * head size
+    (GQA, split by head over ranks), or the MLA latent (the same on every rank)."""
+    if is_mla(hf_config):
+        return mla_latent_size(hf_config)
+    return 2 * num_kv_heads(hf_config) * head_size(hf_config)

@@ -51,6 +51,7 @@ struct PlainLanes {
     for (int l = 0; l < kLanes; ++l) r.v[l] = x;
     return r;
   }
+  void store(float* p) const { std::memcpy(p, v, sizeof(v)); }
   // The first `count` (< kLanes) floats of p, `fill` in the other lanes.
   static PlainLanes load_first(const float* p, int64_t count, float fill) {
     PlainLanes r = splat(fill);

@@ -75,3 +75,16 @@ void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
 // float32 GFLOP/s of `iterations` rounds of independent FMA chains on every
 // thread of at::get_num_threads(), in this build's widest registers.
 double fma_peak_gflops(int64_t iterations);
+
+// y = x W^T (+ bias) with float32 W packed once into panels (panel_linear.cpp): the
+// large-batch GEMM. Panel p holds W's rows [p * width, (p + 1) * width) column by
+// column: panels[p, c, r] = W[p * width + r, c], zeros past W's last row.
+//   out:    (m, n) float32, contiguous
+//   x:      (m, k) float32, contiguous
+//   panels: (ceil(n / width), k, width) float32, contiguous; width = panel_width()
+//   bias:   (n,) float32 or None
+// Row invariant like dense_linear, but with its own summation order (one lane per
+// output, k in order), so its rows differ from dense_linear's and gguf_linear's.
+int64_t panel_width();
+void panel_linear(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& panels,
+                  const std::optional<torch::Tensor>& bias);

@@ -39,6 +39,9 @@ TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
   ops.impl("exponential_race_sample", torch::kCPU, &exponential_race_sample);
   ops.def("dense_linear(Tensor(a!) out, Tensor x, Tensor weight, Tensor? bias) -> ()");
   ops.impl("dense_linear", torch::kCPU, &dense_linear);
+  ops.def("panel_width() -> int", &panel_width);
+  ops.def("panel_linear(Tensor(a!) out, Tensor x, Tensor panels, Tensor? bias) -> ()");
+  ops.impl("panel_linear", torch::kCPU, &panel_linear);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -2,7 +2,7 @@
 bit those of the prompt run alone in a fresh engine, whatever else shares its steps, however
 its prefill is chunked, whether its KV comes from the prefix cache or is recomputed after a
 preemption. Greedy and seeded rows alternate; the demo model runs its linear layers on the
-GGUF-block kernel, the tiny random Qwen2 on the dense float32 one."""
+GGUF-block kernel, the tiny random Qwen2 and DeepSeek-V3 (MLA) on the dense float32 one."""
 import pytest
 
 from vllm import LLM, SamplingParams
@@ -65,10 +65,12 @@ def invariant_env():
         yield
 
 
-@pytest.fixture(scope="module", params=["demo", "tiny_qwen2"])
-def model_args(request, demo_model_dir, tiny_model_dirs) -> dict:
+@pytest.fixture(scope="module", params=["demo", "tiny_qwen2", "tiny_deepseek_v3"])
+def model_args(request, demo_model_dir, tiny_model_dirs, tiny_deepseek) -> dict:
     if request.param == "demo":
         return {"model": demo_model_dir}
+    if request.param == "tiny_deepseek_v3":  # MLA: absorbed per-token attention
+        return {"model": tiny_deepseek("v3"), "tokenizer": demo_model_dir}
     return {"model": tiny_model_dirs["qwen2"], "tokenizer": demo_model_dir}
 
 

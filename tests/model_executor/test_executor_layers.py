@@ -9,7 +9,8 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
-from vllm.model_executor.layers.rotary_embedding import get_rope, rope_parameters_from_config
+from vllm.model_executor.layers.rotary_embedding import (
+    get_rope, rope_frequencies, rope_parameters_from_config)
 
 
 def test_rotary_forward_matches_hf():
@@ -37,10 +38,52 @@ def test_rope_parameters_old_and_new_fields():
     assert rope_parameters_from_config(new)["rope_theta"] == 5.0
     assert rope_parameters_from_config(SimpleNamespace()) == {"rope_type": "default",
                                                               "rope_theta": 10000.0}
-    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'.*llama3"):
-        get_rope(16, 8, {"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="unsupported rope_type 'longrope'.*yarn"):
+        get_rope(16, 8, {"rope_type": "longrope", "factor": 4.0})
     with pytest.raises(ValueError, match="needs 'low_freq_factor'"):
         get_rope(16, 8, {"rope_type": "llama3", "factor": 4.0})
+    with pytest.raises(ValueError, match="needs 'original_max_position_embeddings'"):
+        get_rope(16, 8, {"rope_type": "yarn", "factor": 4.0})
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"mscale": 1.0, "mscale_all_dim": 0.7},
+    {"beta_fast": 16.0, "beta_slow": 2.0, "truncate": False},
+    {"attention_factor": 1.3},
+])
+def test_yarn_frequencies_and_magnitude_match_transformers(extra):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    params = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+              "original_max_position_embeddings": 4096, **extra}
+    config = LlamaConfig(hidden_size=512, num_attention_heads=8, head_dim=64,
+                         max_position_embeddings=163840, rope_parameters=params)
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config)
+    ours, magnitude = rope_frequencies(rope_parameters_from_config(config), 64, 163840)
+    torch.testing.assert_close(ours, inv_freq, rtol=1e-6, atol=0)
+    assert magnitude == pytest.approx(attention_factor, rel=1e-12)
+    rope = get_rope(64, 4096, rope_parameters_from_config(config))
+    positions = torch.tensor([0, 1, 7, 30])
+    angles = positions[:, None].float() * inv_freq  # (4, 32)
+    cos, sin = rope.cos_sin(positions)
+    torch.testing.assert_close(cos[:, 0], angles.cos() * attention_factor)
+    torch.testing.assert_close(sin[:, 0], angles.sin() * attention_factor)
+
+
+def test_interleaved_rotation_matches_deepseek():
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+        apply_rotary_pos_emb_interleave)
+    rope = get_rope(8, 64, {"rope_type": "default", "rope_theta": 10000.0})
+    positions = torch.tensor([3, 0, 17])
+    q, k = torch.randn(3, 2, 8), torch.randn(3, 1, 8)
+    cos, sin = rope.cos_sin(positions)  # (T, 1, 4)
+    cos_hf, sin_hf = torch.cat([cos, cos], -1)[None, :, 0], torch.cat([sin, sin], -1)[None, :, 0]
+    q_hf, k_hf = apply_rotary_pos_emb_interleave(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                                 cos_hf, sin_hf)
+    torch.testing.assert_close(rope.rotated(q, (cos, sin), interleaved=True),
+                               q_hf[0].transpose(0, 1))
+    torch.testing.assert_close(rope.rotated(k, (cos, sin), interleaved=True),
+                               k_hf[0].transpose(0, 1))
 
 
 def test_rms_norm_with_residual():

@@ -13,6 +13,7 @@ from vllm.model_executor.layers.gguf_blocks import (
     packed_or_dense_linear)
 from vllm.model_executor.layers.linear import (
     MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
+from vllm.model_executor.layers.panel_weights import PanelLinear, attach_panels, pack_panels
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead, VocabParallelEmbedding)
 from vllm.platforms import cpu_isa
@@ -84,6 +85,16 @@ def dense_linear(ops, weight):
     return run
 
 
+def panel_linear(ops, weight):
+    panels = pack_panels(weight, ops.panel_width())
+
+    def run(x, bias=None):
+        out = torch.full((x.shape[0], weight.shape[0]), float("nan"))
+        ops.panel_linear(out, x, panels, bias)
+        return out
+    return run
+
+
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n", [67, 64])
 def test_gguf_linear_matches_float64(ops, qtype, n):
@@ -107,6 +118,28 @@ def test_dense_linear_matches_float64(ops, n, k):
         assert_float32_accurate(dense_linear(ops, weight)(x, bias), x, weight, bias)
 
 
+@pytest.mark.parametrize("n, k", [(67, 161), (64, 96), (33, 7), (8, 1), (40, 1001), (3, 300),
+                                  (97, 600)])
+def test_panel_linear_matches_float64(ops, n, k):
+    """Panels cut by n (partial last panel), k slices of 256 and their rest, tiles of
+    every height."""
+    gen = torch.Generator().manual_seed(k + n)
+    weight = torch.randn(n, k, generator=gen)
+    for m in BATCH_SIZES:
+        x = torch.randn(m, k, generator=gen)
+        bias = torch.randn(n, generator=gen) if m % 2 else None
+        assert_float32_accurate(panel_linear(ops, weight)(x, bias), x, weight, bias)
+
+
+def test_pack_panels_layout():
+    weight = torch.arange(5 * 3, dtype=torch.float32).view(5, 3)
+    panels = pack_panels(weight, 4)  # (2, 3, 4)
+    assert panels.shape == (2, 3, 4)
+    assert torch.equal(panels[0], weight[:4].t())
+    assert torch.equal(panels[1, :, 0], weight[4])
+    assert not panels[1, :, 1:].any()
+
+
 def row_invariance_cases(ops):
     """(name, linear, k) per weight kind. With k = 1024 or 1001, 130 rows of x span
     several of the kernel's x-row blocks, and 67 weight rows several weight-row blocks
@@ -115,7 +148,8 @@ def row_invariance_cases(ops):
     cases = [(f"qtype {qtype}", gguf_linear(ops, gguf_blocks(67, 1024, qtype, 9), qtype), 1024)
              for qtype in QTYPES]
     return cases + [("dense", dense_linear(ops, weight), 1001),
-                    ("dense k=40", dense_linear(ops, weight[:, :40].contiguous()), 40)]
+                    ("dense k=40", dense_linear(ops, weight[:, :40].contiguous()), 40),
+                    ("panels", panel_linear(ops, weight), 1001)]
 
 
 @pytest.fixture
@@ -157,6 +191,22 @@ def test_gguf_linear_rejects_bad_arguments(ops):
         ops.gguf_linear(torch.empty(2, 4), x, blocks, GGML_Q4_1, torch.randn(3))
 
 
+def test_panel_linear_rejects_bad_arguments(ops):
+    width = ops.panel_width()
+    x, out = torch.randn(2, 9), torch.empty(2, 4)
+    panels = pack_panels(torch.randn(4, 9), width)
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous \(m, k\) float32"):
+        ops.panel_linear(out, x.double(), panels, None)
+    with pytest.raises(RuntimeError, match=f"panels are {width} rows wide"):
+        ops.panel_linear(out, x, pack_panels(torch.randn(4, 9), width + 1), None)
+    with pytest.raises(RuntimeError, match="x has 9 columns but the panels have 8"):
+        ops.panel_linear(out, x, pack_panels(torch.randn(4, 8), width), None)
+    with pytest.raises(RuntimeError, match="does not match"):
+        ops.panel_linear(torch.empty(2, width + 1), x, panels, None)
+    with pytest.raises(RuntimeError, match="bias has 5 values for 4 outputs"):
+        ops.panel_linear(out, x, panels, torch.randn(5))
+
+
 def test_dense_linear_rejects_bad_arguments(ops):
     x, weight, out = torch.randn(2, 9), torch.randn(4, 9), torch.empty(2, 4)
     with pytest.raises(RuntimeError, match=r"x must be a contiguous \(m, k\) float32"):
@@ -184,7 +234,7 @@ def test_block_kernel_batch_limit_is_the_selected_builds():
     assert found[1] == GGUF_KERNEL_MAX_TOKENS[cpu_isa.selected_isa()]
 
 
-def test_packed_linear_only_for_small_float32_batches():
+def test_packed_linear_only_for_small_float_batches():
     blocks = gguf_blocks(8, 64, GGML_Q8_0)
     weight = dequantize(blocks, GGML_Q8_0)
     calls = []
@@ -201,6 +251,46 @@ def test_packed_linear_only_for_small_float32_batches():
     packed_or_dense_linear(torch.randn(2, 64, dtype=torch.float64), weight.double(), None,
                            packed)
     assert calls == [1, 4]
+
+
+def test_batch_size_picks_blocks_then_panels_then_the_gemm():
+    blocks = gguf_blocks(8, 64, GGML_Q8_0)
+    weight = dequantize(blocks, GGML_Q8_0)  # (8, 64)
+    calls = []
+
+    def recording(kind):
+        def kernel(out, x, *args):
+            calls.append((kind, x.shape[0]))
+            out.copy_(F.linear(x, weight))
+        return kernel
+
+    packed = PackedLinear(BlockMatrix(blocks, GGML_Q8_0), recording("blocks"), max_tokens=4)
+    weight.panels = PanelLinear(weight, recording("panels"), 16, min_tokens=1, max_tokens=10)
+    for tokens in (3, 4, 5, 10, 11):
+        x = torch.randn(tokens, 64)
+        torch.testing.assert_close(packed_or_dense_linear(x, weight, None, packed),
+                                   F.linear(x, weight))
+    assert calls == [("blocks", 3), ("blocks", 4), ("panels", 5), ("panels", 10)]
+
+
+def test_packed_linear_widens_bfloat16_batches():
+    """A bfloat16 model's small batches use the float32 kernel on the exact block values,
+    rounded to bfloat16 once at the end; the bias is widened too."""
+    blocks = gguf_blocks(8, 64, GGML_Q8_0)
+    weight = dequantize(blocks, GGML_Q8_0)  # (8, 64) float32
+    seen = []
+
+    def recording_kernel(out, x, blocks, qtype, bias):
+        seen.append((x.dtype, bias.dtype))
+        out.copy_(F.linear(x, weight, bias))
+
+    packed = PackedLinear(BlockMatrix(blocks, GGML_Q8_0), recording_kernel, max_tokens=4)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    bias = torch.randn(8).to(torch.bfloat16)
+    out = packed_or_dense_linear(x, weight.to(torch.bfloat16), bias, packed)
+    assert seen == [(torch.float32, torch.float32)]
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.linear(x.float(), weight, bias.float()).to(torch.bfloat16))
 
 
 def test_block_matrix_narrows_whole_blocks_only():
@@ -282,10 +372,10 @@ def test_converted_blocks_dequantize_to_the_converted_weights(demo_model_dir, de
     assert sorted(map(bytes, kept_rows.numpy())) == sorted(map(bytes, file_rows.numpy()))
 
 
-def demo_model(folder: str):
+def demo_model(folder: str, dtype: torch.dtype = torch.float32):
     from vllm.model_executor.model_loader import get_model
     from vllm.transformers_utils.config import get_hf_config
-    return get_model(folder, get_hf_config(folder), torch.float32, "cpu")
+    return get_model(folder, get_hf_config(folder), dtype, "cpu")
 
 
 def packed_layers(model) -> dict:
@@ -301,6 +391,42 @@ def test_demo_model_layers_hold_blocks(demo_model_dir):
     assert packed["lm_head"].matrix.shape == (49152, 576)  # tied: the embedding's blocks
     assert packed["lm_head"].matrix.qtype == GGML_Q8_0
     assert packed["model.layers.0.mlp.down_proj"].matrix.qtype == GGML_Q4_1
+
+
+def test_bfloat16_demo_model_keeps_its_blocks(demo_model_dir):
+    """bfloat16 weights are the blocks' values rounded: the layers keep their blocks."""
+    kernel()
+    model = demo_model(demo_model_dir, torch.bfloat16)
+    packed = packed_layers(model)
+    assert len(packed) == 4 * 30 + 1
+    down = model.model.layers[0].mlp.down_proj
+    assert torch.equal(packed["model.layers.0.mlp.down_proj"].matrix.dequantize()
+                       .to(torch.bfloat16), down.weight.data)
+
+
+def test_demo_model_weights_get_panels_once(demo_model_dir, monkeypatch):
+    """Every linear layer's float32 weight is packed once (the tied head shares the
+    embedding's); VLLM_CPU_PANEL_GEMM=0 and batch-invariant mode pack none."""
+    if CpuPlatform().panel_kernel() is None:
+        pytest.skip("no panel window for this kernel build")
+    model = demo_model(demo_model_dir)
+    layers = [m for m in model.modules() if hasattr(m, "packed")]
+    assert len(layers) == 4 * 30 + 1
+    assert all(isinstance(m.weight.panels, PanelLinear) for m in layers)
+    assert model.lm_head.weight.panels is model.model.embed_tokens.weight.panels
+    down = model.model.layers[0].mlp.down_proj
+    x = torch.randn(40, down.weight.shape[1])
+    assert_float32_accurate(down.weight.panels(x, None), x, down.weight, None)
+    assert attach_panels(model, CpuPlatform().panel_kernel()) == 0  # already packed
+    monkeypatch.setenv("VLLM_CPU_PANEL_GEMM", "0")
+    assert not hasattr(demo_model(demo_model_dir).model.layers[0].mlp.down_proj.weight,
+                       "panels")
+    monkeypatch.delenv("VLLM_CPU_PANEL_GEMM")
+    from vllm.model_executor.model_loader import get_model
+    from vllm.transformers_utils.config import get_hf_config
+    invariant = get_model(demo_model_dir, get_hf_config(demo_model_dir), torch.float32, "cpu",
+                          batch_invariant=True)
+    assert not hasattr(invariant.lm_head.weight, "panels")
 
 
 def test_kernels_off_or_no_blocks_file_keep_float32(demo_model_dir, tiny_model_dirs,

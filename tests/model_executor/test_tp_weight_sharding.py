@@ -5,7 +5,8 @@ import torch
 from vllm.distributed.parallel_state import (
     get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size, init_tensor_parallel)
 from vllm.model_executor.layers.linear import (
-    ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear)
+    ColumnParallelLinear, HeadParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
+    ReplicatedLinear, RowParallelLinear)
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead, VocabParallelEmbedding)
 
@@ -134,3 +135,21 @@ def test_vocab_rows_with_padding(tp_state, rank):
         assert not embedding.weight[3].any()  # padding row
     head = ParallelLMHead(7, HIDDEN).tie_weights(embedding)
     assert head.weight is embedding.weight
+
+
+@pytest.mark.parametrize("rank, first_head, heads", [(0, 0, 2), (1, 2, 1)])
+def test_head_parallel_splits_whole_heads_unevenly(tp_state, rank, first_head, heads):
+    """3 heads of 4 rows over 2 ranks: 2 + 1; the replicated layer keeps everything."""
+    init_tensor_parallel(rank, 2)
+    weight = torch.randn(12, HIDDEN)
+    layer = HeadParallelLinear(HIDDEN, 3, 4)
+    load(layer.weight, weight)
+    assert (layer.heads.q_start, layer.heads.q_count) == (first_head, heads)
+    assert torch.equal(layer.weight, weight[4 * first_head:4 * (first_head + heads)])
+    replicated = ReplicatedLinear(HIDDEN, 12, bias=True, params_dtype=torch.float64)
+    load(replicated.weight, weight)
+    load(replicated.bias, torch.arange(12.0))
+    assert replicated.weight.dtype == torch.float64 and torch.equal(replicated.weight.float(),
+                                                                   weight)
+    x = torch.randn(3, HIDDEN, dtype=torch.float64)
+    torch.testing.assert_close(replicated(x), x @ weight.double().T + torch.arange(12.0).double())

@@ -68,3 +68,14 @@ def test_layout_properties():
     assert not layout.is_colocated
     assert layout.num_ranks == 5
     assert layout.name == "2P1D TP=2/1 (1 thr/rank)"
+
+
+def test_mla_shape_counts_the_latent_and_runs_colocated_only():
+    from transformers import DeepseekV3Config
+    shape = ModelShape.from_hf_config(DeepseekV3Config())  # DeepSeek-R1's sizes
+    assert shape.kv_bytes_per_token == 61 * (512 + 64) * 4
+    assert shape.num_kv_heads == 128  # heads split one by one, the latent replicated
+    assert ModelShape.from_json(shape.to_json()) == shape
+    candidates = enumerate_layouts(2, shape)
+    assert [c.problem is None for c in candidates] == [True, True, False]
+    assert "MLA" in candidates[-1].problem

@@ -1,7 +1,9 @@
+import os
+
 import pytest
 import torch
 
-from vllm.platforms.cpu import GiB, CpuPlatform
+from vllm.platforms.cpu import AUTO_DTYPE_ENV, GiB, CpuPlatform
 
 
 def test_kv_cache_space_env_sets_the_budget(monkeypatch):
@@ -27,9 +29,46 @@ def test_default_and_utilization_budgets(monkeypatch):
     assert platform.kv_cache_budget_bytes(0.01) < platform.kv_cache_budget_bytes(0.5)
 
 
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_cpu_default_dtype(monkeypatch, fast_bf16):
+    """`--dtype auto`: bfloat16 where the CPU multiplies it fast (AVX512-BF16 / AMX), as
+    vLLM's CPU build; float32 elsewhere and in batch-invariant mode (float32 kernels)."""
+    monkeypatch.setattr("vllm.platforms.cpu.has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.delenv(AUTO_DTYPE_ENV)  # the suite's conftest pins float32
+    platform = CpuPlatform()
+    assert platform.default_dtype() == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert platform.default_dtype(batch_invariant=True) == torch.float32
+    monkeypatch.setenv(AUTO_DTYPE_ENV, "bfloat16")
+    assert platform.default_dtype() == torch.bfloat16
+    monkeypatch.setenv(AUTO_DTYPE_ENV, "float32")
+    assert platform.default_dtype() == torch.float32
+    assert platform.default_dtype(batch_invariant=True) == torch.float32
+
+
+def test_bad_auto_dtype_is_one_line(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, **{AUTO_DTYPE_ENV: "float16"})
+    result = subprocess.run([sys.executable, "-m", "vllm.entrypoints.cli.main", "serve",
+                             "--port", "1"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if AUTO_DTYPE_ENV in line]
+    assert lines and "float32, bfloat16" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_fast_bf16_is_read_from_the_cpu_flags(monkeypatch):
+    from vllm.platforms import cpu_isa
+    monkeypatch.setattr(cpu_isa, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert cpu_isa.has_fast_bf16()
+    monkeypatch.setattr(cpu_isa, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert cpu_isa.has_fast_bf16()
+    monkeypatch.setattr(cpu_isa, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not cpu_isa.has_fast_bf16()
+
+
 def test_cpu_defaults():
     platform = CpuPlatform()
-    assert platform.default_dtype() == torch.float32
     assert platform.dist_backend == "gloo"
     assert platform.get_attn_backend_cls().name == "CPU_ATTN"
 

@@ -65,10 +65,61 @@ class AttentionImpl(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no batch-invariant path")
 
 
+class MLADims(NamedTuple):
+    """The sizes of one rank's multi-head latent attention (DeepSeek V2/V3)."""
+    num_heads: int  # this rank's query heads
+    kv_lora_rank: int  # the latent each token's keys and values are expanded from
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int  # the rotated part, one shared key per token
+    v_head_dim: int
+
+    @property
+    def latent_size(self) -> int:
+        """Values per token in the cache: [kv_c_normed (kv_lora_rank), k_pe (rope dim)]."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
+class MLAAttentionImpl(ABC):
+    """Multi-head latent attention for one layer over a cache of latents.
+
+    The cache holds one row per token, [kv_c_normed, k_pe] (MLADims.latent_size values),
+    the same on every tensor-parallel rank. `kv_b_proj` (a linear layer whose weight is
+    (num_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank), this rank's heads) expands
+    a latent into each head's key (no-rope part) and value; an implementation may instead
+    absorb it into the query and the output.
+    """
+
+    def __init__(self, dims: MLADims, scale: float, kv_b_proj):
+        self.dims = dims
+        self.scale = scale
+        self.kv_b_proj = kv_b_proj
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, kv_c_normed: torch.Tensor, k_pe: torch.Tensor,
+                kv_cache: torch.Tensor, metadata) -> torch.Tensor:
+        """q: (T, H, qk_head_dim), its rope part rotated; kv_c_normed: (T, kv_lora_rank);
+        k_pe: (T, rope dim), rotated. Writes the new tokens' latents into their slots;
+        returns (T, H, v_head_dim)."""
+
+    def make_batch_invariant(self) -> None:
+        """As AttentionImpl.make_batch_invariant."""
+        raise NotImplementedError(f"{type(self).__name__} has no batch-invariant path")
+
+    def enable_chunked_context_prefill(self) -> None:
+        """From now on a prefill over cached tokens expands their latents a bounded chunk at
+        a time (--additional-config '{"chunked_prefill_for_mla": true}')."""
+        raise NotImplementedError(f"{type(self).__name__} has no chunked context prefill")
+
+
 class AttentionBackend(ABC):
     """A family of attention kernels and the KV-cache layout they share."""
     name: str
     impl_cls: type[AttentionImpl]
+    mla_impl_cls: Optional[type[MLAAttentionImpl]] = None  # None: MLA models are refused
 
     @staticmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
@@ -76,6 +127,12 @@ class AttentionBackend(ABC):
         """Shape of one layer's KV cache tensor; the default layout, which the gather/scatter
         defaults below serve, is (2, num_blocks, block_size, KVH, D)."""
         return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    @staticmethod
+    def get_mla_cache_shape(num_blocks: int, block_size: int,
+                            latent_size: int) -> tuple[int, ...]:
+        """Shape of one MLA layer's cache tensor: one latent row per slot."""
+        return (num_blocks, block_size, latent_size)
 
     @staticmethod
     def build_metadata(common: CommonAttentionMetadata):

@@ -51,12 +51,13 @@ class EngineArgs:
         tokenizer = resolve_model_source(self.tokenizer) if self.tokenizer else source
         hf_config = get_hf_config(source, trust_remote_code=self.trust_remote_code)
         _check_architecture(hf_config)
+        _check_mla(hf_config, self.kv_transfer_config)
         _check_tensor_parallel_split(hf_config, self.tensor_parallel_size)
         max_model_len = _resolve_max_model_len(hf_config, self.max_model_len)
-        dtype = resolve_dtype(self.dtype, current_platform.default_dtype())
+        batch_invariant = batch_invariant_requested()
+        dtype = resolve_dtype(self.dtype, current_platform.default_dtype(batch_invariant))
         generation = _generation_defaults(self.generation_config, source, tokenizer,
                                           hf_config, self.trust_remote_code)
-        batch_invariant = batch_invariant_requested()
         if batch_invariant:
             current_platform.batch_invariant_linear(dtype)  # ConfigError where unsupported
         model_config = ModelConfig(
@@ -112,24 +113,48 @@ def _positive(name: str, value, optional: bool = False) -> None:
 
 
 def _check_architecture(hf_config) -> None:
+    """The architecture is registered and its class can serve this config."""
     from vllm.model_executor.models.registry import resolve_model_cls
-    resolve_model_cls(getattr(hf_config, "architectures", None) or [])
+    model_cls = resolve_model_cls(getattr(hf_config, "architectures", None) or [])
+    check_config = getattr(model_cls, "check_config", None)
+    if check_config is not None:
+        try:
+            check_config(hf_config)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
+def _check_mla(hf_config, kv_transfer_config) -> None:
+    """An MLA model needs the platform's backend to have an MLA implementation, and its
+    latent cache cannot be transferred yet."""
+    from vllm import kv_shape
+    from vllm.platforms import current_platform
+    if not kv_shape.is_mla(hf_config):
+        return
+    backend = current_platform.get_attn_backend_cls()
+    if backend.mla_impl_cls is None:
+        raise ConfigError(f"the {backend.name} attention backend of platform "
+                          f"{current_platform.name} has no MLA implementation (issue 17)")
+    if kv_transfer_config is not None:
+        raise ConfigError(f"kv_transfer_config: {kv_shape.MLA_KV_TRANSFER_UNSUPPORTED}")
 
 
 def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:
-    """Heads are dealt out in KV groups (see head_split); MLP rows split evenly."""
+    """Heads are dealt out in groups (see head_split, kv_shape.head_groups); MLP rows, the
+    experts' included, split evenly."""
     from vllm.distributed.head_split import check_head_split
-    from vllm.kv_shape import num_kv_heads
+    from vllm.kv_shape import head_groups
     heads = getattr(hf_config, "num_attention_heads", None)
-    intermediate = getattr(hf_config, "intermediate_size", None)
     if heads is not None:
         try:
-            check_head_split(tp_size, heads, num_kv_heads(hf_config))
+            check_head_split(tp_size, heads, head_groups(hf_config))
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    if intermediate is not None and intermediate % tp_size:
-        raise ConfigError(f"the model's intermediate_size={intermediate} cannot be split "
-                          f"over tensor_parallel_size={tp_size}")
+    for name in ("intermediate_size", "moe_intermediate_size"):
+        rows = getattr(hf_config, name, None)
+        if rows is not None and rows % tp_size:
+            raise ConfigError(f"the model's {name}={rows} cannot be split over "
+                              f"tensor_parallel_size={tp_size}")
 
 
 def _resolve_max_model_len(hf_config, requested: Optional[int]) -> int:

@@ -17,11 +17,14 @@ class ModelShape:
     intermediate_size: int
     max_model_len: int
     dtype_bytes: int = 4
+    mla_latent_size: int = 0  # MLA: values cached per token and layer (0: GQA K and V)
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """K and V of every layer for one token (46,080 for SmolLM2-135M in float32)."""
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        """K and V of every layer for one token (46,080 for SmolLM2-135M in float32), or an
+        MLA model's latents (a copy on every tensor-parallel rank)."""
+        per_layer = self.mla_latent_size or 2 * self.num_kv_heads * self.head_dim
+        return self.num_layers * per_layer * self.dtype_bytes
 
     @property
     def allreduces_per_step(self) -> int:
@@ -54,17 +57,22 @@ class ModelShape:
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelShape":
-        return cls(**{name: int(data[name]) for name in cls.__dataclass_fields__})
+        return cls(**{name: int(data[name]) for name in cls.__dataclass_fields__
+                      if name in data})
 
     @classmethod
     def from_hf_config(cls, hf_config, dtype_bytes: int = 4) -> "ModelShape":
+        """num_kv_heads holds the groups heads are split in (an MLA model's every head)."""
+        mla = kv_shape.is_mla(hf_config)
+        head_dim = (hf_config.qk_nope_head_dim + hf_config.qk_rope_head_dim if mla
+                    else kv_shape.head_size(hf_config))
         return cls(num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
                    num_heads=hf_config.num_attention_heads,
-                   num_kv_heads=kv_shape.num_kv_heads(hf_config),
-                   head_dim=kv_shape.head_size(hf_config),
+                   num_kv_heads=kv_shape.head_groups(hf_config), head_dim=head_dim,
                    intermediate_size=hf_config.intermediate_size,
                    max_model_len=getattr(hf_config, "max_position_embeddings", 2048),
-                   dtype_bytes=dtype_bytes)
+                   dtype_bytes=dtype_bytes,
+                   mla_latent_size=kv_shape.mla_latent_size(hf_config) if mla else 0)
 
 
 def load_model_shape(model: str, dtype: str = "float32") -> ModelShape:

@@ -6,17 +6,28 @@ import psutil
 import torch
 
 from vllm.distributed.network import internal_host, is_local_address
-from vllm.platforms.cpu_isa import kernel_ops, selected_isa
+from vllm.platforms.cpu_isa import has_fast_bf16, kernel_ops, selected_isa
 from vllm.platforms.interface import Platform
 
 GiB = 1 << 30
 DEFAULT_KV_CACHE_GIB = 4.0
-# Batches up to this many tokens use the GGUF-block kernel, larger ones MKL's float32 GEMM,
-# per kernel build (benchmarks/benchmark_gguf_linear.py, all layers of the demo model).
-# AVX-512: the kernel's lead falls from 3.6x at 8 tokens to 1.13x at 64 and 1.05x at 128,
-# from 256 on the GEMM is faster. AVX2 (2-core EPYC): 3.1x at 1 token, 1.24x at 64, 1.04x
-# at 96, even at 128. Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
-GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 96, "neon": 64, "portable": 8}
+# What `--dtype auto` means on CPU when set (else chosen from the CPU's features).
+AUTO_DTYPE_ENV = "VLLM_CPU_AUTO_DTYPE"
+AUTO_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Batches up to this many tokens use the GGUF-block kernel, larger ones the panels below
+# or MKL's float32 GEMM, per kernel build (benchmarks/benchmark_gguf_linear.py, all layers
+# of the demo model). AVX-512: the kernel's lead falls from 3.6x at 8 tokens to 1.13x at
+# 64 and 1.05x at 128, from 256 on the GEMM is faster. AVX2 (2-core EPYC): 2.1x MKL at
+# 1 token, 1.24x at 64, but the panels are level with it at 16 tokens and ahead above.
+# Portable: 1.18x at 8, 0.75x at 16. NEON: not measured yet.
+GGUF_KERNEL_MAX_TOKENS = {"avx512": 64, "avx2": 16, "neon": 64, "portable": 8}
+# Batches in this window (after the block kernel's) use the packed float32 GEMM
+# (panel_linear), larger ones MKL's; builds not listed have not been measured yet.
+# VLLM_CPU_PANEL_GEMM=0 turns it off (it keeps a second copy of the float32 weights).
+# AVX2 (2-core EPYC, all layers of the demo model): 1.35x MKL at 64 tokens, 1.56x at
+# 128, 1.04x at 256, level at 512, 0.88x at 1024.
+PANEL_GEMM_ENV = "VLLM_CPU_PANEL_GEMM"
+PANEL_GEMM_TOKENS = {"avx2": (1, 512)}
 # Float32 matmuls of at most this many rows use dense_linear rather than MKL's GEMM (each
 # expert of a MoE layer sees few rows), per kernel build; builds not measured are absent.
 # AVX2 (EPYC, one thread, a 512 x 512 weight): dense_linear's lead over MKL is 1.56x at
@@ -31,9 +42,20 @@ class CpuPlatform(Platform):
     attn_backend = "vllm.attention.backends.cpu.CPUAttentionBackend"
     default_block_size = 16
 
-    def default_dtype(self) -> torch.dtype:
-        # bfloat16 matmul is ~200x slower than float32 on CPUs without AMX.
-        return torch.float32
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
+        # bfloat16 where the CPU multiplies it fast (AVX512-BF16, AMX), as vLLM's CPU build;
+        # elsewhere bfloat16 matmul is ~200x slower than float32. The fixed-order kernels
+        # of batch-invariant mode are float32.
+        if batch_invariant:
+            return torch.float32
+        forced = os.environ.get(AUTO_DTYPE_ENV, "").strip().lower()
+        if forced:
+            if forced not in AUTO_DTYPES:
+                from vllm.config import ConfigError
+                raise ConfigError(f"{AUTO_DTYPE_ENV} must be one of {', '.join(AUTO_DTYPES)}, "
+                                  f"got {forced!r}")
+            return AUTO_DTYPES[forced]
+        return torch.bfloat16 if has_fast_bf16() else torch.float32
 
     def device(self, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
@@ -64,6 +86,15 @@ class CpuPlatform(Platform):
         if ops is None:
             return None
         return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS[selected_isa()]
+
+    def panel_kernel(self):
+        if os.environ.get(PANEL_GEMM_ENV, "1") == "0":
+            return None
+        ops = kernel_ops()
+        window = PANEL_GEMM_TOKENS.get(selected_isa())
+        if ops is None or window is None or not hasattr(ops, "panel_linear"):
+            return None
+        return (ops.panel_linear, ops.panel_width(), *window)
 
     def small_batch_linear(self, dtype: torch.dtype):
         ops = kernel_ops()

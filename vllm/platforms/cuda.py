@@ -18,7 +18,7 @@ class CudaPlatform(Platform):
         # flash-attn 2 pages need a multiple of 256 tokens; the SDPA path takes any size.
         return self.get_attn_backend_cls().preferred_block_size() or 16
 
-    def default_dtype(self) -> torch.dtype:
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def set_device(self, device: torch.device) -> None:

@@ -18,7 +18,8 @@ class Platform:
         module_name, _, cls_name = self.attn_backend.rpartition(".")
         return getattr(importlib.import_module(module_name), cls_name)
 
-    def default_dtype(self) -> torch.dtype:
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
+        """What `--dtype auto` means here; `batch_invariant`: VLLM_BATCH_INVARIANT is on."""
         return torch.bfloat16
 
     def device(self, local_rank: int = 0) -> torch.device:
@@ -81,6 +82,11 @@ class Platform:
         return None
 
     # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------
+    def panel_kernel(self) -> Optional[tuple[Callable, int, int, int]]:
+        """(kernel(out, x, panels, bias), panel width, min tokens, max tokens) of the packed
+        float32 GEMM for mid-sized batches, or None where there is none."""
+        return None
+
     def batch_invariant_linear(self, dtype: torch.dtype) -> Callable:
         """An op `op(out, x, weight, bias)` computing x W^T + b whose every output row is bit
         for bit the same whatever the other rows of x; raises vllm.config.ConfigError where

@@ -22,7 +22,7 @@ class NpuPlatform(Platform):
     def __init__(self):
         import torch_npu  # noqa: F401  registers torch.npu, the npu device and HCCL
 
-    def default_dtype(self) -> torch.dtype:
+    def default_dtype(self, batch_invariant: bool = False) -> torch.dtype:
         # Atlas A2 (910B) computes bf16 natively; older parts (310P) only fp16.
         is_bf16_supported = getattr(torch.npu, "is_bf16_supported", None)
         if is_bf16_supported is not None and not is_bf16_supported():

@@ -1,9 +1,10 @@
 """Runs the model for one SchedulerOutput: inputs, forward, logits, sampling."""
+import math
 from typing import Optional
 
 import torch
 
-from vllm.attention.layer import Attention
+from vllm.attention.layer import MLAAttention, PagedAttentionLayer
 from vllm.config import VllmConfig
 from vllm.core.sched_output import (EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput,
                                     SchedulerOutput)
@@ -34,23 +35,29 @@ class ModelRunner:
         cfg = self.model_config
         self.model = get_model(cfg.model, cfg.hf_config, cfg.dtype, self.device,
                                batch_invariant=cfg.batch_invariant)
+        if self.vllm_config.additional_config.get("chunked_prefill_for_mla"):
+            for layer in self.attention_layers().values():
+                if isinstance(layer, MLAAttention):
+                    layer.impl.enable_chunked_context_prefill()
 
-    def attention_layers(self) -> dict[str, Attention]:
+    def attention_layers(self) -> dict[str, PagedAttentionLayer]:
         return {module.layer_name: module for module in self.model.modules()
-                if isinstance(module, Attention)}
+                if isinstance(module, PagedAttentionLayer)}
 
     def kv_cache_bytes_per_block(self) -> int:
+        """Every layer's cache for one block on this rank, as its layer and the backend
+        lay it out (K and V heads, or an MLA latent)."""
+        backend = current_platform.get_attn_backend_cls()
         element_size = torch.empty((), dtype=self.model_config.dtype).element_size()
-        per_layer = [2 * self.block_size * layer.num_kv_heads * layer.head_size
-                     for layer in self.attention_layers().values()]
-        return sum(per_layer) * element_size
+        elements = sum(math.prod(layer.cache_shape(backend, 1, self.block_size))
+                       for layer in self.attention_layers().values())
+        return elements * element_size
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         backend = current_platform.get_attn_backend_cls()
         self.kv_caches = {
-            name: torch.zeros(backend.get_kv_cache_shape(
-                num_blocks, self.block_size, layer.num_kv_heads, layer.head_size),
-                dtype=self.model_config.dtype, device=self.device)
+            name: torch.zeros(layer.cache_shape(backend, num_blocks, self.block_size),
+                              dtype=self.model_config.dtype, device=self.device)
             for name, layer in self.attention_layers().items()}
         if self._graphs_allowed():
             # Graphs are captured here, before the connector can start KV threads.

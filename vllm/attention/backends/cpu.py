@@ -1,8 +1,9 @@
 """CPU attention: SDPA for prefills, an in-place paged kernel for decodes (and for every
-token in batch-invariant mode)."""
+token in batch-invariant mode); MLA in cpu_mla.py."""
 import torch
 
 from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
+from vllm.attention.backends.cpu_mla import CPUMLAImpl
 from vllm.attention.ops.paged_attention import paged_attention_decode, reshape_and_cache
 from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
@@ -50,3 +51,4 @@ class CPUAttentionImpl(AttentionImpl):
 class CPUAttentionBackend(AttentionBackend):
     name = "CPU_ATTN"
     impl_cls = CPUAttentionImpl
+    mla_impl_cls = CPUMLAImpl

@@ -21,9 +21,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out[0].transpose(0, 1)  # (Lq, H, D)
 
 
-def gather_sequence(cache: torch.Tensor, block_row: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """cache: (num_blocks, block_size, KVH, D) -> the first seq_len tokens, (L, KVH, D)."""
+def gather_sequence(cache: torch.Tensor, block_row: torch.Tensor, seq_len: int,
+                    start: int = 0) -> torch.Tensor:
+    """cache: (num_blocks, block_size, ...) -> tokens [start, seq_len) of the sequence whose
+    blocks are `block_row`, (seq_len - start, ...)."""
     block_size = cache.shape[1]
-    num_blocks = -(-seq_len // block_size)
-    blocks = cache.index_select(0, block_row[:num_blocks])  # (n, block_size, KVH, D)
-    return blocks.flatten(0, 1)[:seq_len]
+    first_block, num_blocks = start // block_size, -(-seq_len // block_size)
+    blocks = cache.index_select(0, block_row[first_block:num_blocks])  # (n, block_size, ...)
+    offset = start - first_block * block_size
+    return blocks.flatten(0, 1)[offset:offset + seq_len - start]

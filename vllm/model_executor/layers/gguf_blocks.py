@@ -105,9 +105,13 @@ class BlockMatrix:
         return dequantize(self.blocks, self.qtype)
 
 
+# The kernel computes in float32; bfloat16 batches are widened in and rounded back out.
+PACKED_INPUT_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class PackedLinear:
     """A layer's weight as GGUF blocks, and the platform kernel that multiplies by them:
-    `kernel(out, x, blocks, qtype, bias)` for float32 batches of at most `max_tokens` rows."""
+    `kernel(out, x, blocks, qtype, bias)` for batches of at most `max_tokens` rows."""
 
     def __init__(self, matrix: BlockMatrix, kernel: Callable, max_tokens: int):
         self.matrix = matrix
@@ -115,19 +119,25 @@ class PackedLinear:
         self.max_tokens = max_tokens
 
     def applies_to(self, x: torch.Tensor) -> bool:
-        return x.dim() == 2 and x.shape[0] <= self.max_tokens and x.dtype == torch.float32
+        return x.dim() == 2 and x.shape[0] <= self.max_tokens and x.dtype in PACKED_INPUT_DTYPES
 
     def __call__(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        out = x.new_empty(x.shape[0], self.matrix.shape[0])  # (num_tokens, output rows)
-        self.kernel(out, x.contiguous(), self.matrix.blocks, self.matrix.qtype, bias)
-        return out
+        x32 = x.float().contiguous()  # (num_tokens, input columns), no copy when float32
+        bias32 = None if bias is None else bias.float()
+        out = x32.new_empty(x.shape[0], self.matrix.shape[0])  # (num_tokens, output rows)
+        self.kernel(out, x32, self.matrix.blocks, self.matrix.qtype, bias32)
+        return out.to(x.dtype)
 
 
 def packed_or_dense_linear(x: torch.Tensor, weight: torch.Tensor,
                            bias: Optional[torch.Tensor],
                            packed: Optional[PackedLinear]) -> torch.Tensor:
     """x W^T + b: through the GGUF-block kernel when the layer has one and the batch is
-    small, else the float32 GEMM."""
+    small, else the weight's panels (model_executor/layers/panel_weights.py) when the batch
+    is in their range, else the library GEMM."""
     if packed is not None and packed.applies_to(x):
         return packed(x, bias)
+    panels = getattr(weight, "panels", None)
+    if panels is not None and panels.applies_to(x):
+        return panels(x, bias)
     return F.linear(x, weight, bias)

@@ -5,7 +5,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from vllm.attention.layer import Attention
+from vllm.attention.layer import PagedAttentionLayer
 
 
 class DenseKernelLinear:
@@ -32,7 +32,7 @@ def make_batch_invariant(model: nn.Module, dense_kernel: Callable) -> int:
     Returns the number of linear and expert layers switched."""
     switched = 0
     for module in model.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, PagedAttentionLayer):
             module.impl.make_batch_invariant()
         if hasattr(module, "use_fixed_order_kernel"):
             module.use_fixed_order_kernel(dense_kernel)

@@ -152,6 +152,48 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.weight_loader(param, part, shard_id)
 
 
+class HeadParallelLinear(ColumnParallelLinear):
+    """A column-parallel projection into `total_num_heads` heads of `head_rows` outputs each,
+    split by whole heads as `vllm.distributed.head_split` deals them (every head its own
+    group: ranks may hold unequal runs). `heads` is this rank's HeadShard."""
+
+    def __init__(self, input_size: int, total_num_heads: int, head_rows: int,
+                 bias: bool = False, prefix: str = ""):
+        tp_rank, tp_size = tp_rank_and_size()
+        self.heads = head_shard(tp_rank, tp_size, total_num_heads, total_num_heads)
+        self.head_rows = head_rows
+        super().__init__(input_size, total_num_heads * head_rows, bias, False, prefix,
+                         local_output_size=self.heads.q_count * head_rows)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
+                      shard_id=None) -> None:
+        if shard_id is not None:
+            raise ValueError(f"{self.prefix}: unexpected shard_id {shard_id!r}")
+        shard = narrow_checked(loaded_weight, 0, self.output_size,
+                               self.heads.q_start * self.head_rows,
+                               self.output_size_per_partition, self.prefix)
+        copy_checked(param.data, shard, self.prefix)
+
+
+class ReplicatedLinear(ColumnParallelLinear):
+    """y = x W^T + b with the whole W on every rank (a column split into one part each).
+
+    `params_dtype` keeps a layer in another dtype than the model's (a float32 router)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True,
+                 prefix: str = "", params_dtype: Optional[torch.dtype] = None):
+        super().__init__(input_size, output_size, bias, False, prefix,
+                         local_output_size=output_size)
+        if params_dtype is not None:
+            self.to(params_dtype)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
+                      shard_id=None) -> None:
+        if shard_id is not None:
+            raise ValueError(f"{self.prefix}: unexpected shard_id {shard_id!r}")
+        copy_checked(param.data, loaded_weight, self.prefix)
+
+
 class RowParallelLinear(nn.Module):
     """y = x W^T + b with W's columns (the inputs) split across ranks; partial
     results are summed over ranks, then the (unsplit) bias is added once.

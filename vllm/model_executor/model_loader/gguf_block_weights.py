@@ -4,7 +4,7 @@ Conversion (vllm/transformers_utils/gguf_cache.py) keeps, in BLOCKS_FILE, the ra
 of each Q4_1 / Q8_0 matrix, under its Hugging Face name and in the converted tensor's row
 order, but only when they dequantise bit for bit to that tensor. Loading feeds them
 through the layers' own weight loaders (so tensor-parallel shards and fused projections
-come out as for the float32 weights), checks each layer's result against its float32
+come out as for the dense weights), checks each layer's result against its dense
 weight once more, and hands the layer a PackedLinear with the platform's kernel.
 """
 import json
@@ -106,9 +106,10 @@ def attach_gguf_blocks(model: nn.Module, folder: str, kernel: Optional[tuple]) -
         users = users_of.get(id(weight))
         if not users:
             continue
-        if not torch.equal(matrix.dequantize(), weight.data):
+        # A bfloat16 model's weight is the blocks' values rounded; the kernel keeps them exact.
+        if not torch.equal(matrix.dequantize().to(weight.dtype), weight.data):
             logger.info("%s: not all of its weight is in supported GGUF blocks; it stays "
-                        "float32", module_name)
+                        "dense", module_name)
             continue
         for user in users:
             user.packed = PackedLinear(matrix, *kernel)

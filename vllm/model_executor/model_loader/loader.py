@@ -9,6 +9,7 @@ from torch import nn
 
 from vllm.logger import init_logger
 from vllm.model_executor.layers.invariant_kernels import make_batch_invariant
+from vllm.model_executor.layers.panel_weights import attach_panels
 from vllm.model_executor.model_loader.gguf_block_weights import attach_gguf_blocks
 from vllm.model_executor.model_loader.gguf_weights import iterate_gguf
 from vllm.model_executor.model_loader.safetensors_weights import iterate_safetensors
@@ -39,6 +40,11 @@ def get_model(model_path: str, hf_config: Any, dtype: torch.dtype,
             packed = attach_gguf_blocks(model, model_path, current_platform.gguf_block_kernel())
             if packed:
                 logger.info("%d layers multiply small batches on their GGUF blocks", packed)
+        if not batch_invariant:
+            panels = attach_panels(model, current_platform.panel_kernel())
+            if panels:
+                logger.info("%d weights packed into panels for batches of %d to %d tokens",
+                            panels, *current_platform.panel_kernel()[2:])
         if batch_invariant:
             switched = make_batch_invariant(model, current_platform.batch_invariant_linear(dtype))
             logger.info("batch-invariant mode: %d linear layers and attention on fixed-order "

@@ -1,5 +1,5 @@
 """Llama decoder-only transformer (also serves Mistral and, with biases, Qwen2)."""
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 import torch
@@ -15,7 +15,7 @@ from vllm.model_executor.layers.rotary_embedding import (
     RotaryEmbedding, get_rope, rope_parameters_from_config)
 from vllm.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead, VocabParallelEmbedding)
-from vllm.model_executor.models.weight_mapping import load_named_weights
+from vllm.model_executor.models.weight_mapping import LLAMA_STACKED_PARAMS, load_named_weights
 
 CosSin = tuple[torch.Tensor, torch.Tensor]
 
@@ -72,18 +72,15 @@ class LlamaAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v))  # (T, hidden)
 
 
-class LlamaDecoderLayer(nn.Module):
+class PreNormDecoderLayer(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(...)); the residual add is fused into the norms."""
 
-    def __init__(self, config: Any, biases: tuple[bool, bool, bool], prefix: str):
+    def __init__(self, self_attn: nn.Module, mlp: nn.Module, hidden_size: int, eps: float):
         super().__init__()
-        qkv_bias, o_proj_bias, mlp_bias = biases
-        self.self_attn = LlamaAttention(config, qkv_bias, o_proj_bias,
-                                        prefix=join_prefix(prefix, "self_attn"))
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
-                            getattr(config, "hidden_act", "silu"), mlp_bias,
-                            prefix=join_prefix(prefix, "mlp"))
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = RMSNorm(hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(hidden_size, eps)
 
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor],
                 rotary_emb: RotaryEmbedding, cos_sin: CosSin
@@ -98,18 +95,32 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
 
-class LlamaModel(nn.Module):
+def llama_decoder_layer(config: Any, biases: tuple[bool, bool, bool],
+                        prefix: str) -> PreNormDecoderLayer:
+    qkv_bias, o_proj_bias, mlp_bias = biases
+    self_attn = LlamaAttention(config, qkv_bias, o_proj_bias,
+                               prefix=join_prefix(prefix, "self_attn"))
+    mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
+                   getattr(config, "hidden_act", "silu"), mlp_bias,
+                   prefix=join_prefix(prefix, "mlp"))
+    return PreNormDecoderLayer(self_attn, mlp, config.hidden_size, config.rms_norm_eps)
 
-    def __init__(self, config: Any, biases: tuple[bool, bool, bool], prefix: str):
+
+class LlamaModel(nn.Module):
+    """Embedding, `make_layer(index, prefix)` per layer, final norm; one rotary table of
+    `rope_size` channels shared by all layers."""
+
+    def __init__(self, config: Any, prefix: str,
+                 make_layer: Callable[[int, str], nn.Module], rope_size: int):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    prefix=join_prefix(prefix, "embed_tokens"))
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, biases, prefix=join_prefix(prefix, f"layers.{i}"))
+            make_layer(i, join_prefix(prefix, f"layers.{i}"))
             for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # One table for all layers: angles are looked up once per forward.
-        self.rotary_emb = get_rope(kv_shape.head_size(config), config.max_position_embeddings,
+        self.rotary_emb = get_rope(rope_size, config.max_position_embeddings,
                                    rope_parameters_from_config(config))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -126,17 +137,23 @@ class LlamaForCausalLM(nn.Module):
     """Causal LM: `forward(input_ids (T,), positions (T,)) -> hidden (T, hidden_size)`,
     `compute_logits(hidden (N, hidden_size)) -> (N, vocab_size)` float32, and
     `load_weights` taking Hugging Face parameter names."""
+    # Checkpoint projections loaded as shards of one fused parameter (weight_mapping.py).
+    stacked_params = LLAMA_STACKED_PARAMS
 
     def __init__(self, hf_config: Any, prefix: str = ""):
         super().__init__()
         self.config = hf_config
-        self.model = LlamaModel(hf_config, self.layer_biases(hf_config),
-                                prefix=join_prefix(prefix, "model"))
+        self.model = self.make_model(hf_config, join_prefix(prefix, "model"))
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size,
                                       prefix=join_prefix(prefix, "lm_head"))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head.tie_weights(self.model.embed_tokens)
+
+    def make_model(self, config: Any, prefix: str) -> nn.Module:
+        biases = self.layer_biases(config)
+        return LlamaModel(config, prefix, lambda i, p: llama_decoder_layer(config, biases, p),
+                          kv_shape.head_size(config))
 
     @staticmethod
     def layer_biases(config: Any) -> tuple[bool, bool, bool]:
@@ -152,7 +169,8 @@ class LlamaForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip_prefixes = ("lm_head.",) if self.tie_word_embeddings else ()
-        return load_named_weights(self, weights, skip_prefixes=skip_prefixes)
+        return load_named_weights(self, weights, self.stacked_params,
+                                  skip_prefixes=skip_prefixes)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -10,13 +10,15 @@ from vllm.model_executor.layers.weight_utils import default_weight_loader
 ShardId = Union[int, str, None]
 
 # (our fused parameter name part, checkpoint name part, shard id)
+MLP_STACKED_PARAMS: tuple[tuple[str, str, ShardId], ...] = (
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+)
 LLAMA_STACKED_PARAMS: tuple[tuple[str, str, ShardId], ...] = (
     ("qkv_proj", "q_proj", "q"),
     ("qkv_proj", "k_proj", "k"),
     ("qkv_proj", "v_proj", "v"),
-    ("gate_up_proj", "gate_proj", 0),
-    ("gate_up_proj", "up_proj", 1),
-)
+) + MLP_STACKED_PARAMS
 
 
 def to_param_name(checkpoint_name: str, stacked_params) -> tuple[str, ShardId]:
@@ -26,10 +28,14 @@ def to_param_name(checkpoint_name: str, stacked_params) -> tuple[str, ShardId]:
     return checkpoint_name, None
 
 
-def expected_checkpoint_names(param_names: Iterable[str], stacked_params) -> set[str]:
-    """Every checkpoint tensor name the parameters `param_names` need."""
+def expected_checkpoint_names(param_names: Iterable[str], stacked_params,
+                              loaded_elsewhere: tuple[str, ...] = ()) -> set[str]:
+    """Every checkpoint tensor name the parameters `param_names` need, but those of
+    parameters whose names contain one of `loaded_elsewhere`."""
     expected = set()
     for name in param_names:
+        if any(part in name for part in loaded_elsewhere):
+            continue
         parts = [(p, c) for p, c, _ in stacked_params if f".{p}." in name]
         if not parts:
             expected.add(name)
@@ -41,15 +47,17 @@ def expected_checkpoint_names(param_names: Iterable[str], stacked_params) -> set
 def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                        stacked_params=LLAMA_STACKED_PARAMS,
                        skip_substrings: tuple[str, ...] = ("rotary_emb.inv_freq",),
-                       skip_prefixes: tuple[str, ...] = ()) -> set[str]:
+                       skip_prefixes: tuple[str, ...] = (),
+                       loaded_elsewhere: tuple[str, ...] = ()) -> set[str]:
     """Load checkpoint (name, tensor) pairs through each parameter's weight_loader.
 
     Raises ValueError for a name that matches no parameter and, at the end, for
-    checkpoint tensors a parameter needs but never got. Returns the names of the
-    parameters that were loaded.
+    checkpoint tensors a parameter needs but never got (not counting parameters whose
+    names contain one of `loaded_elsewhere`, which the caller loads and checks). Returns
+    the names of the parameters that were loaded.
     """
     params = dict(model.named_parameters())
-    expected = expected_checkpoint_names(params, stacked_params)
+    expected = expected_checkpoint_names(params, stacked_params, loaded_elsewhere)
     seen: set[str] = set()
     loaded: set[str] = set()
     for name, tensor in weights:
