@@ -30,7 +30,8 @@ PANEL_GEMM_ENV = "VLLM_CPU_PANEL_GEMM"
 PANEL_GEMM_TOKENS = {"avx2": (1, 512)}
 # Float32 matmuls of at most this many rows use dense_linear rather than MKL's GEMM (each
 # expert of a MoE layer sees few rows), per kernel build; builds not measured are absent.
-# AVX2 (2-core EPYC): measured with benchmarks/benchmark_moe.py.
+# AVX2 (EPYC, one thread, a 512 x 512 weight): dense_linear's lead over MKL is 1.56x at
+# 1 row, 2.9x at 4, 1.7x at 8, 1.14x at 32, 1.04x at 64, 1.02x at 128.
 DENSE_KERNEL_MAX_ROWS = {"avx2": 64}
 
 
