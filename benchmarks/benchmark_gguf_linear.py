@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.machine_limits import describe, measured_limits  # noqa: E402
+from benchmarks.machine_limits import describe, fastest_seconds, measured_limits  # noqa: E402
 
 from vllm.demo_model import demo_model_path  # noqa: E402
 from vllm.model_executor.model_loader import get_model  # noqa: E402
@@ -73,13 +72,7 @@ def time_pass(layers, inputs, call, iters: int) -> float:
     def one_pass():
         for layer, x in zip(layers, inputs):
             call(layer, x)
-    one_pass()
-    best = float("inf")
-    for _ in range(iters):
-        start = time.perf_counter()
-        one_pass()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return fastest_seconds(one_pass, iters)
 
 
 def peaks(limits: dict, isa: str) -> dict:

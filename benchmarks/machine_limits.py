@@ -15,6 +15,18 @@ from vllm.platforms import cpu_isa
 COPY_BYTES = 256 << 20  # far beyond any last-level cache
 
 
+def fastest_seconds(step, iters: int) -> float:
+    """Seconds of the fastest of `iters` calls of `step`, after one warm-up call (the
+    fastest: on a shared machine the others measure its other tenants too)."""
+    step()
+    best = float("inf")
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def copy_bandwidth_gb_s(repeats: int = 5) -> float:
     """Best of `repeats` copies of 256 MiB, counting the bytes read and written."""
     source = torch.ones(COPY_BYTES // 4)

@@ -80,3 +80,20 @@ def test_engine_uses_the_budget(monkeypatch, demo_model_dir):
     manager = llm.llm_engine.engine_core.kv_cache_manager
     bytes_per_block = 30 * 2 * 16 * 3 * 64 * 4  # layers, K+V, block, kv heads, dims, fp32
     assert manager.num_blocks == int(0.25 * GiB) // bytes_per_block
+
+
+def test_small_batch_linear_where_measured():
+    from vllm.platforms.cpu import DENSE_KERNEL_MAX_ROWS
+    from vllm.platforms.cpu_isa import kernel_ops, selected_isa
+    platform = CpuPlatform()
+    assert platform.small_batch_linear(torch.bfloat16) is None
+    found = platform.small_batch_linear(torch.float32)
+    if kernel_ops() is None or selected_isa() not in DENSE_KERNEL_MAX_ROWS:
+        assert found is None
+        return
+    op, max_rows = found
+    assert max_rows == DENSE_KERNEL_MAX_ROWS[selected_isa()]
+    x, weight = torch.randn(3, 40), torch.randn(5, 40)
+    out = torch.empty(3, 5)
+    op(out, x, weight, None)
+    torch.testing.assert_close(out, x @ weight.T)

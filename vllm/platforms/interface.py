@@ -75,6 +75,12 @@ class Platform:
         float32 x of at most `max tokens` rows with W in GGUF blocks, or None."""
         return None
 
+    # ---- small-batch dense matmul (vllm/model_executor/layers/fused_moe/experts.py) --------
+    def small_batch_linear(self, dtype: torch.dtype) -> Optional[tuple[Callable, int]]:
+        """(op, max rows): an op `op(out, x, weight, bias)` computing x W^T + b faster than
+        the GEMM for x of `dtype` with at most `max rows` rows, or None."""
+        return None
+
     # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------
     def panel_kernel(self) -> Optional[tuple[Callable, int, int, int]]:
         """(kernel(out, x, panels, bias), panel width, min tokens, max tokens) of the packed

@@ -27,12 +27,16 @@ class DenseKernelLinear:
 
 def make_batch_invariant(model: nn.Module, dense_kernel: Callable) -> int:
     """Every linear layer multiplies through a kernel at every batch size (its GGUF blocks,
-    else `dense_kernel` on its weight), every attention layer takes its fixed-order path.
-    Returns the number of linear layers switched."""
+    else `dense_kernel` on its weight), every attention layer takes its fixed-order path,
+    every module with `use_fixed_order_kernel(kernel)` (FusedMoE) is handed `dense_kernel`.
+    Returns the number of linear and expert layers switched."""
     switched = 0
     for module in model.modules():
         if isinstance(module, PagedAttentionLayer):
             module.impl.make_batch_invariant()
+        if hasattr(module, "use_fixed_order_kernel"):
+            module.use_fixed_order_kernel(dense_kernel)
+            switched += 1
         if not hasattr(module, "packed"):
             continue
         if module.packed is None:
