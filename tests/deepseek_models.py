@@ -1,8 +1,5 @@
 """Tiny random DeepSeek V2/V3 checkpoints made by transformers' own classes (save_pretrained),
 the independent reference of the MLA tests."""
-import importlib.util
-
-import pytest
 import torch
 
 # 4 heads of 16 + 8 (no-rope + rope) query/key channels, values of 16, a latent of 32.
@@ -38,18 +35,6 @@ VARIANTS = {
     "v2_moe_greedy": ("v2", dict(first_k_dense_replace=0, norm_topk_prob=False, n_group=None,
                                  topk_group=None)),
 }
-
-
-MOE_VARIANTS = ("v3_moe", "v3_moe_all_yarn", "v2_moe", "v2_moe_greedy")
-NEEDS_FUSED_MOE = pytest.mark.skipif(
-    importlib.util.find_spec("vllm.model_executor.layers.fused_moe") is None,
-    reason="the MoE layer (vllm/model_executor/layers/fused_moe) is not merged yet")
-
-
-def variant_params(names) -> list:
-    """Parametrize values for `names`, the MoE variants skipped until FusedMoE is there."""
-    return [pytest.param(name, marks=NEEDS_FUSED_MOE) if name in MOE_VARIANTS else name
-            for name in names]
 
 
 def deepseek_classes(arch: str):

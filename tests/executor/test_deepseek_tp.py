@@ -3,13 +3,12 @@ the latent projection and its cache replicated, o_proj row-parallel, each expert
 intermediate rows split; the tokens are those of one rank under the near-tie rule."""
 import pytest
 
-from deepseek_models import NEEDS_FUSED_MOE
 from tp_helpers import (GREEDY, SEEDED, assert_same_answers, completions, executor_of,
                         make_tp_llm, wait_until_gone)
 
 
-@pytest.mark.parametrize("variant, heads_per_rank", [
-    pytest.param("v3_moe", [2, 2], marks=NEEDS_FUSED_MOE), ("v3_3heads", [2, 1])])
+@pytest.mark.parametrize("variant, heads_per_rank", [("v3_moe", [2, 2]),
+                                                     ("v3_3heads", [2, 1])])
 def test_two_ranks_equal_one(tiny_deepseek, demo_model_dir, variant, heads_per_rank):
     folder = tiny_deepseek(variant)
     single = make_tp_llm(folder, demo_model_dir, 1)

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from deepseek_models import VARIANTS, variant_params
+from deepseek_models import VARIANTS
 from test_model_with_kv_cache import metadata
 from vllm.forward_context import set_forward_context
 from vllm.model_executor.model_loader import get_model
@@ -34,7 +34,7 @@ def hf_logits(hf_model, token_ids) -> torch.Tensor:
     return hf_model(torch.tensor([token_ids])).logits[0].float()  # (T, vocab)
 
 
-@pytest.mark.parametrize("variant", variant_params(sorted(VARIANTS)))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_logits_match_transformers(tiny_deepseek, variant):
     folder = tiny_deepseek(variant)
     ours = logits_without_cache(load_ours(folder), PROMPT)
@@ -48,8 +48,7 @@ def latent_caches(model) -> dict[str, torch.Tensor]:
             for i in range(config.num_hidden_layers)}
 
 
-@pytest.mark.parametrize("variant", variant_params(["v3", "v3_yarn", "v2", "v3_moe",
-                                                    "v2_moe"]))
+@pytest.mark.parametrize("variant", ["v3", "v3_yarn", "v2", "v3_moe", "v2_moe"])
 def test_paged_prefill_then_absorbed_decode_match_transformers(tiny_deepseek, variant):
     folder = tiny_deepseek(variant)
     model, hf_model = load_ours(folder), load_hf(folder)

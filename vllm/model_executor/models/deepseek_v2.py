@@ -10,6 +10,9 @@ from torch import nn
 from vllm import kv_shape
 from vllm.attention.backend import MLADims
 from vllm.attention.layer import MLAAttention
+from vllm.model_executor.layers.fused_moe import (
+    ExpertWeightLoader, FusedMoE, Routing, check_experts_loaded, expert_params_mapping,
+    routing_kwargs_from_config)
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import (
     HeadParallelLinear, ReplicatedLinear, RowParallelLinear)
@@ -102,7 +105,6 @@ class DeepseekV2MoE(nn.Module):
 
     def __init__(self, config: Any, prefix: str):
         super().__init__()
-        from vllm.model_executor.layers.fused_moe import FusedMoE, routing_kwargs_from_config
         hidden, num_experts = config.hidden_size, config.n_routed_experts
         self.gate = ReplicatedLinear(hidden, num_experts, bias=False,
                                      prefix=join_prefix(prefix, "gate"),
@@ -150,6 +152,10 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
         if getattr(config, "moe_layer_freq", 1) != 1:
             raise ValueError(f"moe_layer_freq={config.moe_layer_freq} is not supported "
                              "(every layer after first_k_dense_replace is MoE)")
+        if any(is_moe_layer(config, i) for i in range(config.num_hidden_layers)):
+            routing = routing_kwargs_from_config(config)
+            routing.pop("has_score_correction_bias")
+            Routing(config.n_routed_experts, config.num_experts_per_tok, **routing)
 
     def make_model(self, config: Any, prefix: str) -> nn.Module:
         self.check_config(config)
@@ -174,8 +180,6 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
         if not any(is_moe_layer(self.config, i) for i in range(self.config.num_hidden_layers)):
             return load_named_weights(self, self._without_mtp(weights), self.stacked_params,
                                       skip_prefixes=self._skipped_prefixes())
-        from vllm.model_executor.layers.fused_moe import (
-            ExpertWeightLoader, check_experts_loaded, expert_params_mapping)
         experts = ExpertWeightLoader(dict(self.named_parameters()),
                                      expert_params_mapping(self.config.n_routed_experts))
         loaded: set[str] = set()
