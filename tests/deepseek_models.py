@@ -34,6 +34,9 @@ VARIANTS = {
                           topk_method="group_limited_greedy")),
     "v2_moe_greedy": ("v2", dict(first_k_dense_replace=0, norm_topk_prob=False, n_group=None,
                                  topk_group=None)),
+    # 16 experts: a token's router row fills PyTorch's vector loop alone as in a batch (the
+    # sigmoid of an 8-wide row takes its scalar path alone, whose last bit may differ)
+    "v3_moe16": ("v3", dict(first_k_dense_replace=1, n_routed_experts=16)),
 }
 
 

@@ -69,8 +69,8 @@ def invariant_env():
 def model_args(request, demo_model_dir, tiny_model_dirs, tiny_deepseek) -> dict:
     if request.param == "demo":
         return {"model": demo_model_dir}
-    if request.param == "tiny_deepseek_v3":  # MLA: absorbed per-token attention
-        return {"model": tiny_deepseek("v3"), "tokenizer": demo_model_dir}
+    if request.param == "tiny_deepseek_v3":  # MLA (absorbed per-token attention) and MoE
+        return {"model": tiny_deepseek("v3_moe16"), "tokenizer": demo_model_dir}
     return {"model": tiny_model_dirs["qwen2"], "tokenizer": demo_model_dir}
 
 
