@@ -308,10 +308,13 @@ class MessageSpy:
 
 def read_slots(cache: torch.Tensor, block_ids: list[int], start: int, end: int,
                block_size: int) -> torch.Tensor:
-    """(2, end - start, KVH, D) by plain indexing of a (2, blocks, block_size, KVH, D) cache."""
-    rows = [cache[:, block_ids[pos // block_size], pos % block_size]
+    """(2, end - start, KVH, D) by plain indexing of a (2, blocks, block_size, KVH, D) cache,
+    or (end - start, latent) of an MLA (blocks, block_size, latent) one."""
+    latent = cache.dim() == 3
+    rows = [cache[block_ids[pos // block_size], pos % block_size] if latent else
+            cache[:, block_ids[pos // block_size], pos % block_size]
             for pos in range(start, end)]
-    return torch.stack(rows, dim=1)
+    return torch.stack(rows, dim=0 if latent else 1)
 
 
 # ---- prompts -------------------------------------------------------------------------------
