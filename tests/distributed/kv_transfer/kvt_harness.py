@@ -4,6 +4,7 @@ import itertools
 import socket
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
 import pytest
@@ -112,6 +113,16 @@ class EngineSet:
     def shutdown(self) -> None:
         for core in self.cores:
             core.shutdown()
+
+    @classmethod
+    @contextmanager
+    def running(cls, *args):
+        """The engines, shut down when the block ends."""
+        setup = cls(*args)
+        try:
+            yield setup
+        finally:
+            setup.shutdown()
 
 
 def kv_port_of(core: EngineCore) -> int:
@@ -372,6 +383,10 @@ class TransferCheck:
             return original(request_id)
 
         consumer.scheduler._remote_kv_loaded = loaded
+
+    def clear(self) -> None:
+        self.problems.clear()
+        self.checked.clear()
 
     def _compare(self, request_id: str) -> None:
         recvs = [job for job in self.consumer_spy.recvs if job.key == request_id]

@@ -53,19 +53,15 @@ class Setup(EngineSet):
 
 @pytest.fixture(scope="module")
 def pd(tiny_deepseek, demo_model_dir):
-    setup = Setup(tiny_deepseek(MODEL), demo_model_dir)
-    try:
+    with Setup.running(tiny_deepseek(MODEL), demo_model_dir) as setup:
         yield setup
-    finally:
-        setup.shutdown()
 
 
 @pytest.fixture
 def fresh(pd):
     for spy in pd.spies.values():
         spy.clear()
-    pd.check.problems.clear()
-    pd.check.checked.clear()
+    pd.check.clear()
     yield pd
     assert_clean(*pd.cores)
 
@@ -89,7 +85,7 @@ def test_prefix_hits_on_both_sides_move_only_the_rest(fresh):
     fresh.run(first, sampling_mix(2))
     prompts = [prompt + [_rng.randrange(3, VOCAB) for _ in range(30)] for prompt in first]
     params = sampling_mix(2)
-    fresh.check.checked.clear()
+    fresh.check.clear()
     ids, consumed = fresh.run(prompts, params)
     assert [consumed.tokens[rid] for rid in ids] == fresh.reference.tokens(prompts, params)
     assert fresh.check.problems == []
@@ -102,16 +98,13 @@ def test_prefix_hits_on_both_sides_move_only_the_rest(fresh):
 def test_preempted_consumer_recomputes_and_frees(pd, tiny_deepseek, demo_model_dir):
     """A consumer with room for few blocks preempts running requests while they decode:
     they recompute locally, give the same tokens, and every block comes back."""
-    small = SmallConsumer(tiny_deepseek(MODEL), demo_model_dir)
-    try:
+    with SmallConsumer.running(tiny_deepseek(MODEL), demo_model_dir) as small:
         prompts = fresh_prompts([40, 45, 50, 55])
         params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)] * 4
         ids, consumed = run_pd(pd.producer, small.consumer, prompts, params)
         assert [consumed.tokens[rid] for rid in ids] == pd.reference.tokens(prompts, params)
         assert small.consumer.scheduler.num_preemptions > 0
         assert_clean(pd.producer, small.consumer)
-    finally:
-        small.shutdown()
 
 
 class SmallConsumer(EngineSet):
@@ -141,11 +134,8 @@ class TwoRankProducer(EngineSet):
 
 @pytest.fixture(scope="module")
 def tp2_into_tp1(tiny_deepseek, demo_model_dir):
-    setup = TwoRankProducer(tiny_deepseek(MODEL), demo_model_dir)
-    try:
+    with TwoRankProducer.running(tiny_deepseek(MODEL), demo_model_dir) as setup:
         yield setup
-    finally:
-        setup.shutdown()
 
 
 @pytest.mark.parametrize("params", [
