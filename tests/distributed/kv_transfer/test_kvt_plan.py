@@ -47,7 +47,7 @@ def test_combinations_include_replication_both_sides():
 
 
 @pytest.mark.parametrize("tp,heads", sorted({(p, h) for p, _, h in COMBOS}))
-def test_kv_heads_of_rank_matches_the_qkv_sharding(tp, heads):
+def test_units_of_rank_match_the_qkv_sharding(tp, heads):
     every = []
     for rank in range(tp):
         held = units_of_rank(rank, tp, gqa(heads))
