@@ -80,7 +80,8 @@ def test_latent_moves_whole_and_tokens_equal_colocated(fresh):
 
 def test_prefix_hits_on_both_sides_move_only_the_rest(fresh):
     """A second wave extends the first wave's prompts: the consumer asks only for the blocks
-    it does not cache, the producer sends its cached part from the cache."""
+    it does not cache; the producer, which caches the same blocks, computes and streams
+    only the rest."""
     first = fresh_prompts([40, 70])
     fresh.run(first, sampling_mix(2))
     prompts = [prompt + [_rng.randrange(3, VOCAB) for _ in range(30)] for prompt in first]
