@@ -4,8 +4,9 @@ per-head keys and values for SDPA, at once or a context chunk at a time."""
 import torch
 
 from vllm.attention.backend import CommonAttentionMetadata, MLAAttentionImpl
-from vllm.attention.ops.mla import (absorbed_weights, attention_with_lse, expand_latent,
-                                    merge_partial, split_latent, write_latent)
+from vllm.attention.ops.mla import (absorb_query, absorbed_weights, attention_with_lse,
+                                    expand_latent, merge_partial, project_values, split_latent,
+                                    write_latent)
 from vllm.attention.ops.paged_attention import paged_attention_decode
 from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
@@ -67,16 +68,14 @@ class CPUMLAImpl(MLAAttentionImpl):
         if self.invariant is not None:
             kernel, w_uk_t, _ = self.invariant
             return per_head_linear(kernel, q_nope, w_uk_t)
-        w_uk, _ = absorbed_weights(self.kv_b_proj.weight, self.dims)  # (H, nope, L)
-        return torch.matmul(q_nope.transpose(0, 1), w_uk).transpose(0, 1)
+        return absorb_query(self.kv_b_proj.weight, self.dims, q_nope)
 
     def _project_values(self, out_latent: torch.Tensor) -> torch.Tensor:
         """(B, H, kv_lora_rank) -> W_UV out_latent per head, (B, H, v)."""
         if self.invariant is not None:
             kernel, _, w_uv = self.invariant
             return per_head_linear(kernel, out_latent, w_uv)
-        _, w_uv = absorbed_weights(self.kv_b_proj.weight, self.dims)  # (H, v, L)
-        return torch.matmul(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)
+        return project_values(self.kv_b_proj.weight, self.dims, out_latent)
 
     # ---- prefill: latents expanded into per-head keys and values -----------------------
     def _prefill(self, q, kv_c_normed, k_pe, kv_cache, block_row, seq_len) -> torch.Tensor:
