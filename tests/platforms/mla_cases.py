@@ -41,11 +41,11 @@ def make_mla_case(requests: list[tuple[int, int]], dims: MLADims = NPU_DIMS,
     return MLACase(q, kv_c, k_pe, cache, paged.common, weight, dims, dims.qk_head_dim ** -0.5)
 
 
-def run_mla(backend_cls, case: MLACase, dtype=None, chunk_tokens=None
+def run_mla(backend_cls, case: MLACase, chunk_tokens=None, **to
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output (T, H, v), the cache after the step) of one layer's MLA implementation;
-    inputs cast to `dtype`; `chunk_tokens`: chunked context prefill with chunks of it."""
-    cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))  # noqa: E731
+    inputs moved by `.to(**to)`; `chunk_tokens`: chunked context prefill in chunks of it."""
+    cast = (lambda t: t.to(**to)) if to else (lambda t: t)  # noqa: E731
     kv_b_proj = nn.Linear(case.dims.kv_lora_rank, case.kv_b_weight.shape[0], bias=False)
     kv_b_proj.weight = nn.Parameter(cast(case.kv_b_weight), requires_grad=False)
     impl = backend_cls.mla_impl_cls(case.dims, case.scale, kv_b_proj)

@@ -28,8 +28,8 @@ def npu_backend():
 
 
 def assert_matches_cpu(case, dtype, chunk_tokens=None):
-    got, got_cache = run_mla(npu_backend(), case, dtype, chunk_tokens)
-    want, want_cache = run_mla(CPUAttentionBackend, case, torch.float32)
+    got, got_cache = run_mla(npu_backend(), case, chunk_tokens, dtype=dtype)
+    want, want_cache = run_mla(CPUAttentionBackend, case, dtype=torch.float32)
     assert got.dtype == dtype and got.shape == want.shape
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=3e-2)
     assert torch.equal(got_cache.float(), want_cache)  # the same slots written, exactly
