@@ -61,6 +61,7 @@ class FusedMoE(nn.Module):
         else:
             self.register_parameter("e_score_correction_bias", None)
         self.matmul_into = small_batch_matmul(self.w13_weight.dtype)
+        self.platform_kernels = current_platform.moe_kernels()  # None: route + run_experts
         self.loaded: set[tuple[int, str]] = set()
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
@@ -103,6 +104,7 @@ class FusedMoE(nn.Module):
         """Batch-invariant mode: every expert matmul through the platform's fixed-order
         dense kernel, so a token's output does not depend on its expert's row count."""
         self.matmul_into = kernel_into(kernel)
+        self.platform_kernels = None
 
     def forward(self, hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """sum_k w_k * expert_k(hidden) per token: (T, H) in hidden's dtype, summed over
@@ -112,9 +114,15 @@ class FusedMoE(nn.Module):
             raise ValueError(f"{self.prefix or 'FusedMoE'}: hidden must be (T, "
                              f"{self.hidden_size}) with router_logits (T, {self.num_experts}), "
                              f"got {tuple(hidden.shape)} and {tuple(router_logits.shape)}")
-        weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
-        out = run_experts(hidden, self.w13_weight, self.w2_weight, weights, ids,
-                          self.matmul_into)  # (T, H) float32
+        kernels = self.platform_kernels
+        if kernels is None:
+            weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
+            out = run_experts(hidden, self.w13_weight, self.w2_weight, weights, ids,
+                              self.matmul_into)  # (T, H) float32
+        else:
+            weights, ids = kernels.route(self.routing, router_logits,
+                                         self.e_score_correction_bias)
+            out = kernels.experts(hidden, self.w13_weight, self.w2_weight, weights, ids)
         if self.reduce_results:
             out = tensor_model_parallel_all_reduce(out)
         return out.to(hidden.dtype)
