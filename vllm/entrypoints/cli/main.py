@@ -36,6 +36,11 @@ def _add_proxy(subparsers) -> None:
     add_cli_args(subparsers)
 
 
+def _add_quantize(subparsers) -> None:
+    from vllm.entrypoints.cli.quantize import add_cli_args
+    add_cli_args(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.version import __version__
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM-compatible inference engine "
@@ -47,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_proxy(subparsers)
     _add_plan(subparsers)
+    _add_quantize(subparsers)
     return parser
 
 
