@@ -104,6 +104,7 @@ def quantize_checkpoint(source: str, output: str, method: str, skip: tuple[str, 
         with open(os.path.join(staging, DESCRIPTION_FILE), "w", encoding="utf-8") as handle:
             json.dump(description, handle, indent=2)
         copy_side_files(source, staging)
+        os.chmod(staging, 0o755)  # mkdtemp made it private
         os.rename(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
