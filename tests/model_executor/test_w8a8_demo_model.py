@@ -34,8 +34,9 @@ TEXT = (
     "that such changes take decades to settle.")
 
 
-def next_token_logprobs(folder: str, token_ids: list[int]) -> torch.Tensor:
-    model = get_model(folder, get_hf_config(folder), torch.float32, "cpu")
+def next_token_logprobs(folder: str, token_ids: list[int], quantization=None) -> torch.Tensor:
+    model = get_model(folder, get_hf_config(folder), torch.float32, "cpu",
+                      quantization=quantization)
     with torch.inference_mode():
         hidden = model(torch.tensor(token_ids), torch.arange(len(token_ids)))
         return torch.log_softmax(model.compute_logits(hidden), dim=-1)  # (T, V)
@@ -48,8 +49,9 @@ def test_w8a8_demo_model_keeps_the_float_predictions(demo_model_dir):
     assert len(token_ids) == POSITIONS + 1
     targets = torch.tensor(token_ids[1:])  # (P,)
     results = {}
-    for name, folder in (("float32", demo_model_dir), ("W8A8_DYNAMIC", demo_w8a8_path())):
-        logprobs = next_token_logprobs(folder, token_ids)[:-1]  # (P, V)
+    for name, folder, quantization in (("float32", demo_model_dir, None),
+                                       ("W8A8_DYNAMIC", demo_w8a8_path(), "ascend")):
+        logprobs = next_token_logprobs(folder, token_ids, quantization)[:-1]  # (P, V)
         perplexity = math.exp(-float(logprobs.gather(1, targets[:, None]).mean()))
         results[name] = (logprobs.argmax(dim=-1), perplexity)
     agreement = float((results["float32"][0] == results["W8A8_DYNAMIC"][0]).float().mean())

@@ -97,19 +97,16 @@ def test_malformed_checkpoints_stop_start_up_naming_the_tensor(broken, case):
         start(broken(describe, tensors))
 
 
-def test_a_layer_the_engine_cannot_quantize_is_named(tiny_model_dirs, demo_model_dir, tmp_path):
-    folder = quantize_with_cli(tiny_model_dirs["llama"], str(tmp_path / "head"), "W8A8_DYNAMIC",
-                               demo_model_dir, skip="")
-    with pytest.raises(ValueError, match="lm_head.weight: W8A8_DYNAMIC is not supported "
-                                         "for this layer"):
-        LLM(folder, tokenizer=demo_model_dir, max_model_len=64, num_gpu_blocks_override=8)
-
-
-def test_fused_shards_must_share_a_method(tiny_model_dirs, demo_model_dir, tmp_path):
-    folder = quantize_with_cli(tiny_model_dirs["llama"], str(tmp_path / "mixed"), "W8A8_DYNAMIC",
-                               demo_model_dir, skip="lm_head,layers.0.self_attn.q_proj")
-    with pytest.raises(ValueError, match="parts of model.layers.0.self_attn.qkv_proj must "
-                                         "share one method"):
+@pytest.mark.parametrize("skip, message", [
+    ("", "lm_head.weight: W8A8_DYNAMIC is not supported for this layer"),
+    ("lm_head,layers.0.self_attn.q_proj",
+     "parts of model.layers.0.self_attn.qkv_proj must share one method")])
+def test_layers_the_engine_cannot_load_are_named(tiny_model_dirs, demo_model_dir, tmp_path,
+                                                 skip, message):
+    """A quantized LM head; q_proj FLOAT beside an int8 k_proj and v_proj."""
+    folder = quantize_with_cli(tiny_model_dirs["llama"], str(tmp_path / "w8a8"), "W8A8_DYNAMIC",
+                               demo_model_dir, skip=skip)
+    with pytest.raises(ValueError, match=message):
         LLM(folder, tokenizer=demo_model_dir, max_model_len=64, num_gpu_blocks_override=8)
 
 
