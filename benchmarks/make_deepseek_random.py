@@ -35,13 +35,12 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def kv_bytes_per_token(config, element_size: int = 4) -> dict[str, int]:
-    """The latent cache against caching every head's key (qk_nope + qk_rope) and value
-    (v_head_dim), as the same heads would without MLA."""
-    mla = config.kv_lora_rank + config.qk_rope_head_dim
-    gqa = config.num_attention_heads * (config.qk_nope_head_dim + config.qk_rope_head_dim
-                                        + config.v_head_dim)
-    layers = config.num_hidden_layers
-    return {"mla": layers * mla * element_size, "mha_equivalent": layers * gqa * element_size}
+    """The latent cache against caching every head's key and value, as the same heads would
+    without MLA (vllm/kv_shape.py)."""
+    from vllm import kv_shape
+    per_value = config.num_hidden_layers * element_size
+    return {"mla": per_value * kv_shape.cache_elements_per_token(config),
+            "mha_equivalent": per_value * kv_shape.expanded_elements_per_token(config)}
 
 
 def main() -> None:

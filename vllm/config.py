@@ -57,6 +57,11 @@ class ModelConfig:
         return kv_shape.cache_elements_per_token(self.hf_config)
 
     @property
+    def cache_units(self) -> kv_shape.CacheUnits:
+        """The kind of KV cache (GQA heads or the MLA latent) and its units."""
+        return kv_shape.cache_units(self.hf_config)
+
+    @property
     def num_kv_heads(self) -> int:
         return kv_shape.num_kv_heads(self.hf_config)
 

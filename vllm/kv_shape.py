@@ -1,10 +1,34 @@
 """A Hugging Face config's KV cache per layer (torch-free): GQA's K and V heads, or the latent
 row per token of multi-head latent attention (MLA: DeepSeek V2/V3)."""
-from typing import Any
+from typing import Any, NamedTuple
 
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 MLA_FIELDS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-MLA_KV_TRANSFER_UNSUPPORTED = "KV transfer is not yet supported for MLA models (issue 17)"
+PER_HEAD, LATENT = "per_head", "latent"  # the kinds of cache
+
+
+class CacheUnits(NamedTuple):
+    """One layer's cache per token in the units tensor-parallel ranks hold and the KV
+    transfer moves whole: `planes` tensors of `count` units of `size` values each.
+
+    per_head (GQA): keys and values (2 planes) of each KV head, dealt out to ranks by head.
+    latent (MLA): one plane of one unit, the latent, held whole by every rank."""
+    kind: str
+    count: int
+    size: int
+
+    @property
+    def planes(self) -> int:
+        return 2 if self.kind == PER_HEAD else 1
+
+    @property
+    def replicated(self) -> bool:
+        """Every rank holds every unit, whatever the tensor-parallel size."""
+        return self.kind == LATENT
+
+    @property
+    def elements_per_token(self) -> int:
+        return self.planes * self.count * self.size
 
 
 def is_mla(hf_config: Any) -> bool:
@@ -61,9 +85,22 @@ def head_groups(hf_config: Any) -> int:
     return num_kv_heads(hf_config)
 
 
+def cache_units(hf_config: Any) -> CacheUnits:
+    """The kind of cache this model keeps: GQA's KV heads, or the MLA latent."""
+    if is_mla(hf_config):
+        return CacheUnits(LATENT, 1, mla_latent_size(hf_config))
+    return CacheUnits(PER_HEAD, num_kv_heads(hf_config), head_size(hf_config))
+
+
 def cache_elements_per_token(hf_config: Any) -> int:
     """One layer's cache values per token, all ranks together: 2 * KV heads * head size
     (GQA, split by head over ranks), or the MLA latent (the same on every rank)."""
-    if is_mla(hf_config):
-        return mla_latent_size(hf_config)
-    return 2 * num_kv_heads(hf_config) * head_size(hf_config)
+    return cache_units(hf_config).elements_per_token
+
+
+def expanded_elements_per_token(hf_config: Any) -> int:
+    """One MLA layer's keys and values per token as plain multi-head attention would cache
+    them: every head's key (no-rope and rope parts) and value."""
+    check_mla_fields(hf_config)
+    key = hf_config.qk_nope_head_dim + hf_config.qk_rope_head_dim
+    return hf_config.num_attention_heads * (key + hf_config.v_head_dim)

@@ -1,8 +1,9 @@
 """KV pushed between instances of different tensor-parallel sizes is resharded by KV head:
 producer TP=2 into consumer TP=1 and the reverse return the colocated tokens (up to near
 ties, since the TP sizes sum in different orders), for a tiny
-random Llama with 2 KV heads (TP=2 holds one per rank) and a tiny Qwen2 with 3 (TP=2
-holds 2 + 1: an uneven split)."""
+random Llama with 2 KV heads (TP=2 holds one per rank), a tiny Qwen2 with 3 (TP=2
+holds 2 + 1: an uneven split), and a tiny DeepSeek-V3 with a dense and a MoE layer, whose
+MLA latent every rank holds whole and each consumer rank receives once."""
 import random
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -17,9 +18,10 @@ from vllm.sampling_params import SamplingParams
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2_3kv"])
-def tiny_cluster(request, tiny_model_dirs, uneven_qwen2, demo_model_dir):
-    path = tiny_model_dirs["llama"] if request.param == "llama" else uneven_qwen2
+@pytest.fixture(scope="module", params=["llama", "qwen2_3kv", "deepseek_v3_moe"])
+def tiny_cluster(request, tiny_model_dirs, uneven_qwen2, tiny_deepseek, demo_model_dir):
+    path = {"llama": lambda: tiny_model_dirs["llama"], "qwen2_3kv": lambda: uneven_qwen2,
+            "deepseek_v3_moe": lambda: tiny_deepseek("v3_moe")}[request.param]()
     model = [path, "--tokenizer", demo_model_dir]
     short = ["--max-model-len", "512"]  # the tiny model's positions
     tp2 = [*short, "--tensor-parallel-size", "2"]

@@ -143,12 +143,27 @@ def test_bad_configs_are_refused_in_one_line(tmp_path, tiny_deepseek, demo_model
     assert "\n" not in str(error.value)
 
 
-def test_kv_transfer_is_refused_for_mla(tiny_deepseek, demo_model_dir):
+PUSH_PRODUCER = {"kv_connector": "PushConnector", "kv_role": "kv_producer"}
+
+
+def test_kv_transfer_is_accepted_for_mla(tiny_deepseek, demo_model_dir):
+    """The latent cache moves whole (PD end to end: tests/distributed/kv_transfer/
+    test_kvt_pd_mla.py)."""
+    config = EngineArgs(model=tiny_deepseek("v3"), tokenizer=demo_model_dir,
+                        kv_transfer_config=PUSH_PRODUCER).create_engine_config()
+    units = config.model_config.cache_units
+    assert (units.kind, units.count, units.size, units.planes) == ("latent", 1, 32 + 8, 1)
+
+
+def test_kv_transfer_is_refused_where_the_backend_cannot_move_latents(
+        tiny_deepseek, demo_model_dir, monkeypatch):
+    from vllm.platforms import current_platform
+    monkeypatch.setattr(current_platform.get_attn_backend_cls(), "latent_transfer", False)
     args = EngineArgs(model=tiny_deepseek("v3"), tokenizer=demo_model_dir,
-                      kv_transfer_config={"kv_connector": "PushConnector",
-                                          "kv_role": "kv_producer"})
-    with pytest.raises(ConfigError, match="not yet supported for MLA models"):
+                      kv_transfer_config=PUSH_PRODUCER)
+    with pytest.raises(ConfigError, match="cannot transfer an MLA latent cache") as error:
         args.create_engine_config()
+    assert "\n" not in str(error.value)
 
 
 def test_tensor_parallel_split_checks_heads(tiny_deepseek, demo_model_dir):

@@ -45,3 +45,8 @@ def test_tp_needs_a_shape_and_a_positive_size():
 def test_transfer_time_is_bytes_over_bandwidth_plus_overhead():
     transfer = TransferCost(46_080, 1.8e9, 0.06)
     assert transfer.seconds(512) == pytest.approx(0.06 + 512 * 46_080 / 1.8e9)
+
+
+def test_transfer_of_several_copies_moves_their_bytes():
+    transfer = TransferCost(4_608, 1.8e9, 0.06).times(2)  # an MLA latent to 2 decode ranks
+    assert transfer.seconds(512) == pytest.approx(0.06 + 512 * 2 * 4_608 / 1.8e9)

@@ -70,12 +70,15 @@ def test_layout_properties():
     assert layout.name == "2P1D TP=2/1 (1 thr/rank)"
 
 
-def test_mla_shape_counts_the_latent_and_runs_colocated_only():
+def test_mla_shape_counts_the_latent_and_a_copy_per_decode_rank():
     from transformers import DeepseekV3Config
     shape = ModelShape.from_hf_config(DeepseekV3Config())  # DeepSeek-R1's sizes
     assert shape.kv_bytes_per_token == 61 * (512 + 64) * 4
     assert shape.num_kv_heads == 128  # heads split one by one, the latent replicated
     assert ModelShape.from_json(shape.to_json()) == shape
-    candidates = enumerate_layouts(2, shape)
-    assert [c.problem is None for c in candidates] == [True, True, False]
-    assert "MLA" in candidates[-1].problem
+    candidates = enumerate_layouts(3, shape)
+    assert all(c.problem is None for c in candidates)
+    assert any(not c.layout.is_colocated for c in candidates)
+    # Each decode rank receives the whole latent; GQA heads are split over them.
+    assert [shape.transfer_copies(tp) for tp in (1, 2, 4)] == [1, 2, 4]
+    assert SMOLLM2.transfer_copies(4) == 1

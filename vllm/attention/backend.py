@@ -120,6 +120,7 @@ class AttentionBackend(ABC):
     name: str
     impl_cls: type[AttentionImpl]
     mla_impl_cls: Optional[type[MLAAttentionImpl]] = None  # None: MLA models are refused
+    latent_transfer = False  # gather_latent / scatter_latent serve its MLA cache (tested)
 
     @staticmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
@@ -164,3 +165,16 @@ class AttentionBackend(ABC):
         """Write kv (2, n, h, D) into heads [head_start, head_start + h) of the slots."""
         flat = kv_cache.flatten(1, 2)  # (2, num_slots, KVH, D), a view
         flat[:, slots, head_start:head_start + kv.shape[2]] = kv
+
+    # The MLA latent cache, in the get_mla_cache_shape layout; backends with another
+    # layout override both.
+    @staticmethod
+    def gather_latent(latent_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """The latents of the given cache slots: (n, latent), a copy."""
+        return latent_cache.flatten(0, 1).index_select(0, slots)  # (n, latent)
+
+    @staticmethod
+    def scatter_latent(latent_cache: torch.Tensor, slots: torch.Tensor,
+                       latents: torch.Tensor) -> None:
+        """Write latents (n, latent) into the slots."""
+        latent_cache.flatten(0, 1)[slots] = latents  # a view of (num_slots, latent)

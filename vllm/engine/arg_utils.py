@@ -129,8 +129,8 @@ def _check_architecture(hf_config) -> None:
 
 
 def _check_mla(hf_config, kv_transfer_config) -> None:
-    """An MLA model needs the platform's backend to have an MLA implementation, and its
-    latent cache cannot be transferred yet."""
+    """An MLA model needs the platform's backend to have an MLA implementation, and for
+    KV transfer a backend whose latent copies are known to serve its cache."""
     from vllm import kv_shape
     from vllm.platforms import current_platform
     if not kv_shape.is_mla(hf_config):
@@ -139,8 +139,9 @@ def _check_mla(hf_config, kv_transfer_config) -> None:
     if backend.mla_impl_cls is None:
         raise ConfigError(f"the {backend.name} attention backend of platform "
                           f"{current_platform.name} has no MLA implementation (issue 17)")
-    if kv_transfer_config is not None:
-        raise ConfigError(f"kv_transfer_config: {kv_shape.MLA_KV_TRANSFER_UNSUPPORTED}")
+    if kv_transfer_config is not None and not backend.latent_transfer:
+        raise ConfigError(f"kv_transfer_config: the {backend.name} attention backend cannot "
+                          "transfer an MLA latent cache yet (issue 17)")
 
 
 def _check_tensor_parallel_split(hf_config, tp_size: int) -> None:

@@ -1,5 +1,5 @@
 """Step time of an instance with a given thread count and TP size, and KV transfer time."""
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from vllm.planner.cost_model import PAIR_UNIT, StepCost, StepLoad
 from vllm.planner.model_shape import ModelShape
@@ -30,6 +30,10 @@ class TransferCost:
 
     def seconds(self, num_tokens: int) -> float:
         return self.overhead_s + num_tokens * self.kv_bytes_per_token / self.bandwidth_bytes_per_s
+
+    def times(self, copies: int) -> "TransferCost":
+        """The cost when every token's KV moves `copies` times."""
+        return replace(self, kv_bytes_per_token=self.kv_bytes_per_token * copies)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -5,7 +5,6 @@ import itertools
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-from vllm.kv_shape import MLA_KV_TRANSFER_UNSUPPORTED
 from vllm.planner.model_shape import ModelShape
 
 
@@ -73,8 +72,6 @@ def enumerate_layouts(num_cores: int, shape: ModelShape, max_instances: int = 4,
 
 
 def _problem(layout: Layout, shape: ModelShape) -> Optional[str]:
-    if not layout.is_colocated and shape.mla_latent_size:
-        return MLA_KV_TRANSFER_UNSUPPORTED
     sizes = {layout.decode_tp} if layout.is_colocated else {layout.prefill_tp, layout.decode_tp}
     for tp in sorted(sizes):
         problem = shape.tp_problem(tp)

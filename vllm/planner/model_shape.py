@@ -26,6 +26,11 @@ class ModelShape:
         per_layer = self.mla_latent_size or 2 * self.num_kv_heads * self.head_dim
         return self.num_layers * per_layer * self.dtype_bytes
 
+    def transfer_copies(self, decode_tp: int) -> int:
+        """How often a disaggregated request moves its KV: once, split by head over the
+        decode ranks, or (MLA) once to each decode rank (distributed/kv_transfer/plan.py)."""
+        return decode_tp if self.mla_latent_size else 1
+
     @property
     def allreduces_per_step(self) -> int:
         """Attention output and MLP output per layer, plus the vocab-parallel embedding."""

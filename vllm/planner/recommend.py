@@ -63,7 +63,8 @@ def build_deployment(layout: Layout, inputs: PlanInputs) -> Deployment:
         return Deployment(colocated=instances(layout.num_decode, layout.decode_tp))
     return Deployment(prefill=instances(layout.num_prefill, layout.prefill_tp),
                       decode=instances(layout.num_decode, layout.decode_tp),
-                      transfer=inputs.transfer)
+                      transfer=inputs.transfer.times(
+                          inputs.profile.shape.transfer_copies(layout.decode_tp)))
 
 
 def predict(candidate: Candidate, inputs: PlanInputs) -> Prediction:

@@ -4,6 +4,7 @@ import itertools
 import socket
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
 import pytest
@@ -112,6 +113,16 @@ class EngineSet:
     def shutdown(self) -> None:
         for core in self.cores:
             core.shutdown()
+
+    @classmethod
+    @contextmanager
+    def running(cls, *args):
+        """The engines, shut down when the block ends."""
+        setup = cls(*args)
+        try:
+            yield setup
+        finally:
+            setup.shutdown()
 
 
 def kv_port_of(core: EngineCore) -> int:
@@ -308,10 +319,13 @@ class MessageSpy:
 
 def read_slots(cache: torch.Tensor, block_ids: list[int], start: int, end: int,
                block_size: int) -> torch.Tensor:
-    """(2, end - start, KVH, D) by plain indexing of a (2, blocks, block_size, KVH, D) cache."""
-    rows = [cache[:, block_ids[pos // block_size], pos % block_size]
+    """(2, end - start, KVH, D) by plain indexing of a (2, blocks, block_size, KVH, D) cache,
+    or (end - start, latent) of an MLA (blocks, block_size, latent) one."""
+    latent = cache.dim() == 3
+    rows = [cache[block_ids[pos // block_size], pos % block_size] if latent else
+            cache[:, block_ids[pos // block_size], pos % block_size]
             for pos in range(start, end)]
-    return torch.stack(rows, dim=1)
+    return torch.stack(rows, dim=0 if latent else 1)
 
 
 # ---- prompts -------------------------------------------------------------------------------
@@ -369,6 +383,10 @@ class TransferCheck:
             return original(request_id)
 
         consumer.scheduler._remote_kv_loaded = loaded
+
+    def clear(self) -> None:
+        self.problems.clear()
+        self.checked.clear()
 
     def _compare(self, request_id: str) -> None:
         recvs = [job for job in self.consumer_spy.recvs if job.key == request_id]

@@ -1,9 +1,13 @@
-"""The backend's gather_kv / scatter_kv and push/worker.token_slots against plain loops."""
+"""The backend's gather_kv / scatter_kv (GQA), gather_latent / scatter_latent (MLA), the
+connector's CacheIO over both and push/worker.token_slots against plain loops."""
 import pytest
 import torch
 
 from vllm.attention.backend import AttentionBackend
+from vllm.distributed.kv_transfer.cache_io import CacheIO
 from vllm.distributed.kv_transfer.push.worker import token_slots
+from vllm.kv_shape import LATENT as LATENT_KIND
+from vllm.kv_shape import PER_HEAD, CacheUnits
 from vllm.platforms import current_platform
 
 NUM_BLOCKS, BLOCK_SIZE, KV_HEADS, HEAD_SIZE = 7, 4, 3, 5
@@ -97,3 +101,52 @@ def test_token_slots(block_ids, start, end, block_size):
     got = token_slots(block_ids, start, end, block_size)
     assert got.dtype == torch.int64
     assert got.tolist() == loop_slots(block_ids, start, end, block_size)
+
+
+# ---- the MLA latent cache: (num_blocks, block_size, latent) -------------------------------------
+LATENT = 12
+
+
+def random_latents() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(NUM_BLOCKS, BLOCK_SIZE, LATENT, generator=generator)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("slots", SLOT_CASES)
+def test_gather_latent(backend, slots):
+    cache = random_latents()
+    got = backend.gather_latent(cache, torch.tensor(slots, dtype=torch.int64))
+    want = torch.stack([cache[slot // BLOCK_SIZE, slot % BLOCK_SIZE] for slot in slots])
+    assert torch.equal(got, want)
+    got.fill_(7)  # a copy
+    assert not (cache == 7).any()
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("slots", SLOT_CASES[:4])
+def test_scatter_latent(backend, slots):
+    cache = random_latents()
+    expected = cache.clone()
+    latents = torch.randn(len(slots), LATENT)
+    for i, slot in enumerate(slots):
+        expected[slot // BLOCK_SIZE, slot % BLOCK_SIZE] = latents[i]
+    backend.scatter_latent(cache, torch.tensor(slots, dtype=torch.int64), latents)
+    assert torch.equal(cache, expected)
+
+
+@pytest.mark.parametrize("units", [CacheUnits(PER_HEAD, KV_HEADS, HEAD_SIZE),
+                                   CacheUnits(LATENT_KIND, 1, LATENT)])
+def test_cache_io_round_trip_in_wire_shape(units):
+    """Both kinds travel as (planes, n, units, size) and land in the other cache's slots."""
+    io = CacheIO(current_platform.get_attn_backend_cls(), units)
+    source = random_cache() if units.kind == PER_HEAD else random_latents()
+    target = torch.zeros_like(source)
+    src_slots, dst_slots = torch.tensor([9, 10, 0]), torch.tensor([1, 27, 3])
+    payload = io.gather(source, src_slots)
+    assert payload.shape == (units.planes, 3, units.count, units.size)
+    received = io.empty_payload(3, units.count, target)
+    received.copy_(payload)
+    io.scatter(target, dst_slots, 0, received)
+    assert torch.equal(io.gather(target, dst_slots), payload)
+    assert int((target != 0).sum()) == 3 * units.elements_per_token

@@ -62,7 +62,7 @@ def test_layouts_really_differ(pd):
     layouts = {core.connector.layout for core in (pd.producer, pd.bf16, pd.wide)}
     assert len(layouts) == 3
     assert pd.bf16.connector.layout.dtype == "bfloat16"
-    assert pd.wide.connector.layout.head_size == 2 * pd.producer.connector.layout.head_size
+    assert pd.wide.connector.layout.units.size == 2 * pd.producer.connector.layout.units.size
 
 
 def test_dtype_mismatch_fails_with_reason(pd):

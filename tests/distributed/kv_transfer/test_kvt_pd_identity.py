@@ -49,8 +49,7 @@ def fresh(pd):
     """Each test starts with no recorded jobs or problems and ends with nothing leaked."""
     for spy in pd.spies.values():
         spy.clear()
-    pd.check.problems.clear()
-    pd.check.checked.clear()
+    pd.check.clear()
     pd.messages.sent.clear()
     yield pd
     assert_clean(*pd.cores)

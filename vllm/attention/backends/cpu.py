@@ -52,3 +52,4 @@ class CPUAttentionBackend(AttentionBackend):
     name = "CPU_ATTN"
     impl_cls = CPUAttentionImpl
     mla_impl_cls = CPUMLAImpl
+    latent_transfer = True

@@ -7,11 +7,12 @@ from typing import Optional, Union
 
 import msgspec
 
+from vllm.kv_shape import CacheUnits
+
 
 class KVLayout(msgspec.Struct, frozen=True):
     num_layers: int
-    num_kv_heads: int  # over all ranks
-    head_size: int
+    units: CacheUnits  # the kind of cache and its units over all ranks
     dtype: str
 
 

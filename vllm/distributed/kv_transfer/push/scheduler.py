@@ -28,7 +28,6 @@ from vllm.distributed.kv_transfer.messages import (ConsumerAck, ConsumerReady, K
                                                    RankTransferFailed, TransferAbort)
 from vllm.distributed.kv_transfer.pair_group import host_store
 from vllm.distributed.kv_transfer.push.metadata import PushMetadata, RecvJob, SendJob
-from vllm.kv_shape import MLA_KV_TRANSFER_UNSUPPORTED
 from vllm.kv_transfer_params import (DO_REMOTE_DECODE, DO_REMOTE_PREFILL, TRANSFER_ID, KvInfo,
                                      computed_locally, consumer_params, producer_address)
 from vllm.logger import init_logger
@@ -48,10 +47,7 @@ def transfer_key(request) -> str:
 
 def kv_layout(vllm_config) -> KVLayout:
     model = vllm_config.model_config
-    if model.is_mla:  # the latent is not split by head: the plan would be wrong
-        raise ValueError(MLA_KV_TRANSFER_UNSUPPORTED)
-    return KVLayout(model.num_layers, model.num_kv_heads, model.head_size,
-                    str(model.dtype).removeprefix("torch."))
+    return KVLayout(model.num_layers, model.cache_units, str(model.dtype).removeprefix("torch."))
 
 
 @dataclass

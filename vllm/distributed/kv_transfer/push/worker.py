@@ -1,9 +1,10 @@
 """Worker half of the push connector: moves KV bytes between ranks of two instances.
 
 Every message on a pair group is a header then a payload:
-  header  (HEADER_LEN,) int64: transfer_id, layer, token_start, token_end, head_start,
-          head_count
-  payload (2, token_end - token_start, head_count, head_size): keys then values
+  header  (HEADER_LEN,) int64: transfer_id, layer, token_start, token_end, unit_start,
+          unit_count
+  payload (planes, token_end - token_start, unit_count, unit_size): GQA's keys then
+          values of KV heads, or MLA's latent as one plane of one unit (kv_shape.CacheUnits)
 Producer ranks send from one background thread per consumer rank (streamed layers are
 copied out of the cache on the model's thread as each layer finishes; tokens computed in
 earlier steps are read from the held blocks by the sending thread). Consumer ranks run one receiving thread per pair group and scatter into the blocks
@@ -17,10 +18,11 @@ from typing import Optional
 import torch
 
 from vllm.distributed.kv_transfer.base import KVConnectorWorker
+from vllm.distributed.kv_transfer.cache_io import CacheIO
 from vllm.distributed.kv_transfer.control import ControlSender
 from vllm.distributed.kv_transfer.messages import RankRecvDone, RankTransferFailed
 from vllm.distributed.kv_transfer.pair_group import CONSUMER, PRODUCER, PairGroups, PairKey
-from vllm.distributed.kv_transfer.plan import kv_heads_of_rank, transfer_plan
+from vllm.distributed.kv_transfer.plan import transfer_plan, units_of_rank
 from vllm.distributed.kv_transfer.push.metadata import PushMetadata, RecvJob, SendJob
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
@@ -56,8 +58,8 @@ class PushConnectorWorker(KVConnectorWorker):
         self.engine_id = config.engine_id
         self.tp_size = vllm_config.parallel_config.tensor_parallel_size
         self.block_size = vllm_config.cache_config.block_size
-        self.total_kv_heads = vllm_config.model_config.num_kv_heads
-        self.my_heads = kv_heads_of_rank(rank, self.tp_size, self.total_kv_heads)
+        self.units = vllm_config.model_config.cache_units
+        self.my_units = units_of_rank(rank, self.tp_size, self.units)
         # Senders give up on an absent consumer after the transfer timeout; receivers wait
         # for traffic as long as the pair lives (an idle pair must not time out).
         timeout_s = float(config.extra("kv_transfer_timeout_s", DEFAULT_TRANSFER_TIMEOUT_S))
@@ -68,7 +70,7 @@ class PushConnectorWorker(KVConnectorWorker):
         self.nonce = ""
         self.layers: list[str] = []
         self.kv_caches: dict[str, torch.Tensor] = {}
-        self.backend = current_platform.get_attn_backend_cls()
+        self.cache_io = CacheIO(current_platform.get_attn_backend_cls(), self.units)
         self._streamed: list[SendJob] = []
         self._senders: dict[PairKey, queue.Queue] = {}
         self._lock = threading.Lock()
@@ -110,24 +112,27 @@ class PushConnectorWorker(KVConnectorWorker):
 
     # ---- producer ------------------------------------------------------------------------
     def _queue_layer(self, job: SendJob, layer: int, kv_cache: torch.Tensor) -> None:
+        sends = list(self._my_sends(job))
+        if not sends:  # another producer rank serves every consumer rank
+            return
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
-        kv = self.backend.gather_kv(kv_cache, slots.to(kv_cache.device))  # (2, n, KVH, D)
-        for pair, heads in self._my_sends(job):
-            self._sender_for(pair).put((job, layer, heads, self._slice_heads(kv, heads)))
+        kv = self.cache_io.gather(kv_cache, slots.to(kv_cache.device))  # (P, n, U, S)
+        for pair, units in sends:
+            self._sender_for(pair).put((job, layer, units, self._slice_units(kv, units)))
 
     def _queue_from_cache(self, job: SendJob) -> None:
-        for pair, heads in self._my_sends(job):
-            self._sender_for(pair).put((job, None, heads, None))
+        for pair, units in self._my_sends(job):
+            self._sender_for(pair).put((job, None, units, None))
 
-    def _slice_heads(self, kv: torch.Tensor, heads) -> torch.Tensor:
-        local = heads.start - self.my_heads.start
-        return kv[:, :, local:local + heads.count].contiguous()  # (2, n, h, D)
+    def _slice_units(self, kv: torch.Tensor, units) -> torch.Tensor:
+        local = units.start - self.my_units.start
+        return kv[:, :, local:local + units.count].contiguous()  # (P, n, u, S)
 
     def _my_sends(self, job: SendJob):
-        for transfer in transfer_plan(self.tp_size, job.consumer_tp, self.total_kv_heads):
+        for transfer in transfer_plan(self.tp_size, job.consumer_tp, self.units):
             if transfer.producer_rank == self.rank:
                 yield PairKey(self.engine_id, self.nonce, self.rank, job.consumer_engine,
-                              job.consumer_nonce, transfer.consumer_rank), transfer.heads
+                              job.consumer_nonce, transfer.consumer_rank), transfer.units
 
     def _sender_for(self, pair: PairKey) -> queue.Queue:
         """Each consumer rank has its own queue and thread: a slow or dead consumer holds
@@ -148,7 +153,7 @@ class PushConnectorWorker(KVConnectorWorker):
             item = items.get()
             if item is _STOP:
                 return
-            job, layer, heads, payload = item
+            job, layer, units, payload = item
             if job.transfer_id in self._cancelled_sends:
                 continue
             try:
@@ -156,9 +161,9 @@ class PushConnectorWorker(KVConnectorWorker):
                     raise RuntimeError(broken)
                 group = self.groups.get(pair, job.store_addr, PRODUCER)
                 if payload is None:
-                    self._send_cached(group, job, heads)
+                    self._send_cached(group, job, units)
                 else:
-                    self._send_one(group, job, layer, heads, payload)
+                    self._send_one(group, job, layer, units, payload)
             except Exception as error:  # a broken pair fails its transfers, not the rank
                 broken = broken or f"KV send to {pair.consumer_engine} failed: {error}"
                 logger.warning("KV send of %s failed: %s", job.key, error)
@@ -166,17 +171,17 @@ class PushConnectorWorker(KVConnectorWorker):
                 self.control.send(self.engine_address,
                                   RankTransferFailed([job.key], self.rank, broken))
 
-    def _send_cached(self, group, job: SendJob, heads) -> None:
+    def _send_cached(self, group, job: SendJob, units) -> None:
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
         for layer, name in enumerate(self.layers):
             kv_cache = self.kv_caches[name]
-            kv = self.backend.gather_kv(kv_cache, slots.to(kv_cache.device))  # (2, n, KVH, D)
-            self._send_one(group, job, layer, heads, self._slice_heads(kv, heads))
+            kv = self.cache_io.gather(kv_cache, slots.to(kv_cache.device))  # (P, n, U, S)
+            self._send_one(group, job, layer, units, self._slice_units(kv, units))
 
     @staticmethod
-    def _send_one(group, job: SendJob, layer: int, heads, payload: torch.Tensor) -> None:
+    def _send_one(group, job: SendJob, layer: int, units, payload: torch.Tensor) -> None:
         header = torch.tensor([job.transfer_id, layer, job.token_start, job.token_end,
-                               heads.start, heads.count], dtype=torch.int64)
+                               units.start, units.count], dtype=torch.int64)
         group.send([header.to(payload.device)], CONSUMER, 0).wait()
         group.send([payload], CONSUMER, 0).wait()
 
@@ -186,7 +191,7 @@ class PushConnectorWorker(KVConnectorWorker):
         (a new process of it has a new nonce, so new pairs)."""
         pairs = list(self._pairs_from(job))
         slots = token_slots(job.block_ids, job.token_start, job.token_end, self.block_size)
-        units = len(self.layers) * (job.token_end - job.token_start) * self.my_heads.count
+        units = len(self.layers) * (job.token_end - job.token_start) * self.my_units.count
         with self._lock:
             broken = next((self._broken[p] for p in pairs if p in self._broken), None)
             if broken is None:
@@ -205,7 +210,7 @@ class PushConnectorWorker(KVConnectorWorker):
             self._apply(header, payload)
 
     def _pairs_from(self, job: RecvJob):
-        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.total_kv_heads):
+        for transfer in transfer_plan(job.producer_tp, self.tp_size, self.units):
             if transfer.consumer_rank == self.rank:
                 yield PairKey(job.producer_engine, job.producer_nonce, transfer.producer_rank,
                               self.engine_id, self.nonce, self.rank)
@@ -239,12 +244,11 @@ class PushConnectorWorker(KVConnectorWorker):
 
     def _empty_payload(self, header: torch.Tensor) -> torch.Tensor:
         _, _, start, end, _, count = header.tolist()
-        cache = next(iter(self.kv_caches.values()))
-        return torch.empty((2, end - start, count, cache.shape[-1]), dtype=cache.dtype,
-                           device=cache.device)
+        return self.cache_io.empty_payload(end - start, count,
+                                           next(iter(self.kv_caches.values())))
 
     def _apply(self, header: torch.Tensor, payload: torch.Tensor) -> None:
-        transfer_id, layer, start, end, head_start, count = header.tolist()
+        transfer_id, layer, start, end, unit_start, count = header.tolist()
         with self._lock:
             if transfer_id in self._cancelled:
                 return
@@ -254,9 +258,9 @@ class PushConnectorWorker(KVConnectorWorker):
                 return
             job = receiving.job
             slots = receiving.slots[start - job.token_start:end - job.token_start]
-            local = head_start - self.my_heads.start
-            self.backend.scatter_kv(self.kv_caches[self.layers[layer]],
-                                    slots.to(payload.device), local, payload)
+            local = unit_start - self.my_units.start
+            self.cache_io.scatter(self.kv_caches[self.layers[layer]],
+                                  slots.to(payload.device), local, payload)
             receiving.units_left -= (end - start) * count
             done = receiving.units_left <= 0
             if done:
