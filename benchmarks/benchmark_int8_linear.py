@@ -12,7 +12,6 @@ of weights read (int8: one byte per weight). Examples:
     python benchmarks/benchmark_int8_linear.py
     VLLM_CPU_ISA=portable python benchmarks/benchmark_int8_linear.py --kernels int8 blocks
 """
-import argparse
 import json
 import os
 import sys
@@ -20,31 +19,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.benchmark_gguf_linear import layer_call, packed_layers, time_pass  # noqa: E402
+from benchmarks.benchmark_gguf_linear import (layer_call, load_block_layers,  # noqa: E402
+                                              parse_args, time_pass)
 from benchmarks.machine_limits import describe, measured_limits  # noqa: E402
 
-from vllm.demo_model import demo_model_path  # noqa: E402
 from vllm.model_executor.layers.quantization.int8_kernels import Int8Weight  # noqa: E402
-from vllm.model_executor.model_loader import get_model  # noqa: E402
 from vllm.platforms import cpu_isa  # noqa: E402
 from vllm.platforms.cpu_int8 import CpuW8A8Kernels  # noqa: E402
-from vllm.transformers_utils.config import get_hf_config  # noqa: E402
-from vllm.transformers_utils.gguf_cache import resolve_model_source  # noqa: E402
 
 KERNELS = ("int8", "gemm", "blocks", "panels")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default: the demo model")
-    parser.add_argument("--num-tokens", type=int, nargs="+", default=[1, 8, 16, 64, 256, 1024])
-    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--output-json", default=None)
-    args = parser.parse_args(argv)
-    if args.iters < 1 or min(args.num_tokens) < 1:
-        parser.error("--iters and --num-tokens must be >= 1")
-    return args
 
 
 def int8_weight(weight: torch.Tensor, kernels: CpuW8A8Kernels) -> Int8Weight:
@@ -65,10 +48,9 @@ def calls(kernels: CpuW8A8Kernels, quantized: dict):
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    folder = resolve_model_source(args.model or demo_model_path())
-    model = get_model(folder, get_hf_config(folder), torch.float32, "cpu")
-    layers = packed_layers(model)
+    args = parse_args(argv, KERNELS, KERNELS, (1, 8, 16, 64, 256, 1024),
+                      __doc__.splitlines()[0])
+    folder, layers = load_block_layers(args.model)
     ops = cpu_isa.kernel_ops()
     if not layers or ops is None or not hasattr(ops, "int8_linear"):
         raise SystemExit(f"no GGUF-block layers in {folder} or no int8 kernels (is "

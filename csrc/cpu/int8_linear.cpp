@@ -198,8 +198,10 @@ void int8_quantize_dynamic(torch::Tensor& x_q, torch::Tensor& scale, const torch
       for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(row[c]));
       const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
       scales[i] = s;
-      for (int64_t c = 0; c < k; ++c)
-        qs[i * k + c] = static_cast<int8_t>(std::clamp(std::nearbyint(row[c] / s), -127.0f, 127.0f));
+      for (int64_t c = 0; c < k; ++c) {
+        const float q = std::nearbyint(row[c] / s);
+        qs[i * k + c] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
+      }
     }
   });
 }

@@ -25,11 +25,6 @@ class CpuW8A8Kernels(W8A8Kernels):
         return CpuInt8Packed(qweight, qweight.sum(dim=1, dtype=torch.int32),
                              weight.scale.contiguous())
 
-    def packed(self, weight: Int8Weight) -> CpuInt8Packed:
-        if not isinstance(weight.packed, CpuInt8Packed):
-            weight.packed = self.pack(weight)
-        return weight.packed
-
     def dynamic_linear(self, x: torch.Tensor, weight: Int8Weight,
                        bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if not _takes(x, weight) or weight.scale.dtype != torch.float32:

@@ -30,11 +30,6 @@ class NpuW8A8Kernels(W8A8Kernels):
         return NpuInt8Packed(self.npu.npu_format_cast(weight_kn, ACL_FORMAT_FRACTAL_NZ),
                              weight.scale.float().contiguous())
 
-    def packed(self, weight: Int8Weight) -> NpuInt8Packed:
-        if not isinstance(weight.packed, NpuInt8Packed):
-            weight.packed = self.pack(weight)
-        return weight.packed
-
     def dynamic_linear(self, x: torch.Tensor, weight: Int8Weight,
                        bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if x.dtype not in HALF_TYPES or x.dim() != 2:

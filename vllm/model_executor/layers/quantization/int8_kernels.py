@@ -62,6 +62,12 @@ class W8A8Kernels:
     def pack(self, weight: Int8Weight) -> object:
         raise NotImplementedError
 
+    def packed(self, weight: Int8Weight) -> object:
+        """weight.packed, packed now if it was not at load."""
+        if weight.packed is None:
+            weight.packed = self.pack(weight)
+        return weight.packed
+
     def dynamic_linear(self, x: torch.Tensor, weight: Int8Weight,
                        bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None
