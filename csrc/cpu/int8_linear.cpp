@@ -179,6 +179,32 @@ void int8_linear(torch::Tensor& out, const torch::Tensor& x_q, const torch::Tens
                    data_or_null<float>(bias), out.data_ptr<float>(), m, n, k});
 }
 
+namespace {
+
+// Rows [begin, end) of float32 x (m, k) to int8 with per-row scales (ops.h).
+void quantize_rows(const float* x, int64_t begin, int64_t end, int64_t k, int8_t* q,
+                   float* scales) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float* row = x + i * k;
+    float amax = 0.0f;
+    for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(row[c]));
+    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    scales[i] = s;
+    for (int64_t c = 0; c < k; ++c) {
+      const float v = std::nearbyint(row[c] / s);
+      q[i * k + c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+void quantize_dynamic(const float* x, int64_t m, int64_t k, int8_t* q, float* scales) {
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    quantize_rows(x, begin, end, k, q, scales);
+  });
+}
+
+}  // namespace
+
 void int8_quantize_dynamic(torch::Tensor& x_q, torch::Tensor& scale, const torch::Tensor& x) {
   const char* op = "int8_quantize_dynamic";
   check_float_rows(x, op);
@@ -188,22 +214,21 @@ void int8_quantize_dynamic(torch::Tensor& x_q, torch::Tensor& scale, const torch
   check(scale.dim() == 1 && scale.numel() == m && scale.scalar_type() == at::kFloat &&
             scale.is_contiguous(),
         op, "scale", "(m,) float32", scale);
-  const float* xs = x.data_ptr<float>();
-  int8_t* qs = x_q.data_ptr<int8_t>();
-  float* scales = scale.data_ptr<float>();
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* row = xs + i * k;
-      float amax = 0.0f;
-      for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(row[c]));
-      const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
-      scales[i] = s;
-      for (int64_t c = 0; c < k; ++c) {
-        const float q = std::nearbyint(row[c] / s);
-        qs[i * k + c] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
-      }
-    }
-  });
+  quantize_dynamic(x.data_ptr<float>(), m, k, x_q.data_ptr<int8_t>(), scale.data_ptr<float>());
+}
+
+void int8_linear_dynamic(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& weight,
+                         const torch::Tensor& weight_sums, const torch::Tensor& w_scale,
+                         const std::optional<torch::Tensor>& bias) {
+  check_float_rows(x, "int8_linear_dynamic");
+  const int64_t m = x.size(0), k = x.size(1);
+  std::vector<int8_t> x_q(static_cast<size_t>(m * k));
+  std::vector<float> x_scale(static_cast<size_t>(m));
+  quantize_dynamic(x.data_ptr<float>(), m, k, x_q.data(), x_scale.data());
+  const auto bytes = at::TensorOptions().dtype(at::kChar);
+  const auto floats = at::TensorOptions().dtype(at::kFloat);
+  int8_linear(out, torch::from_blob(x_q.data(), {m, k}, bytes), weight, weight_sums,
+              torch::from_blob(x_scale.data(), {m}, floats), w_scale, bias, std::nullopt);
 }
 
 void int8_quantize_static(torch::Tensor& x_q, const torch::Tensor& x, double scale,

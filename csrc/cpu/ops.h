@@ -111,6 +111,12 @@ std::string int8_dot_product();
 // row), x_q = round_half_even(x / scale) clamped to [-127, 127].
 void int8_quantize_dynamic(torch::Tensor& x_q, torch::Tensor& scale, const torch::Tensor& x);
 
+// int8_quantize_dynamic then int8_linear (dynamic: x_scale from the quantisation), in one
+// call: x (m, k) float32, contiguous; out, weight, weight_sums, w_scale, bias as above.
+void int8_linear_dynamic(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& weight,
+                         const torch::Tensor& weight_sums, const torch::Tensor& w_scale,
+                         const std::optional<torch::Tensor>& bias);
+
 // Per-tensor int8: x_q = round_half_even(x / scale + offset) clamped to [-128, 127], the
 // arithmetic in float32 (scale and offset are float32 values passed as doubles).
 void int8_quantize_static(torch::Tensor& x_q, const torch::Tensor& x, double scale,

@@ -128,6 +128,25 @@ def test_half_inputs_give_the_reference_in_their_dtype(kernels, dtype):
     assert_bits(out, ik.w8a8_dynamic_linear_reference(x, weight, bias))
 
 
+def test_grouped_experts_are_the_reference_bit_for_bit(kernels, threads):
+    g = torch.Generator().manual_seed(4)
+    experts = ik.Int8Experts(torch.randint(-128, 128, (4, 27, 45), generator=g, dtype=torch.int8),
+                             torch.rand(4, 27, generator=g) * 0.01)
+    x = torch.randn(11, 45, generator=g)  # (T, K), sorted by expert
+    sizes = torch.tensor([3, 0, 7, 1])
+    assert_bits(kernels.grouped_dynamic_linear(x, experts, sizes),
+                ik.w8a8_grouped_dynamic_linear_reference(x, experts, sizes))
+
+
+def test_both_dynamic_paths_agree(kernels):
+    # int8_linear_dynamic (quantisation fused) and int8_quantize_dynamic + int8_linear
+    weight = random_weight(30, 100, seed=6)
+    x = torch.randn(9, 100)  # (M, K)
+    fused = kernels.dynamic_linear(x, weight, None)
+    kernels.fused_dynamic = None
+    assert_bits(kernels.dynamic_linear(x, weight, None), fused)
+
+
 def test_the_reference_sums_are_exact():
     # The oracle itself, against int64 arithmetic written differently.
     g = torch.Generator().manual_seed(0)

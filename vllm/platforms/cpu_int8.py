@@ -19,6 +19,8 @@ class CpuInt8Packed:
 class CpuW8A8Kernels(W8A8Kernels):
     def __init__(self, ops):
         self.ops = ops  # torch.ops._C_<isa>
+        # quantisation and GEMM in one call (what a decode step pays), where built
+        self.fused_dynamic = getattr(ops, "int8_linear_dynamic", None)
 
     def pack(self, weight: Int8Weight) -> CpuInt8Packed:
         qweight = weight.qweight.contiguous()  # (N, K)
@@ -31,12 +33,21 @@ class CpuW8A8Kernels(W8A8Kernels):
             return None
         packed = self.packed(weight)
         x32 = x.float().contiguous()  # (T, K)
+        bias32 = None if bias is None else bias.float().contiguous()  # (N,)
+        out = torch.empty(x32.shape[0], packed.qweight.shape[0], dtype=torch.float32)  # (T, N)
+        if self.fused_dynamic is not None:
+            self.fused_dynamic(out, x32, packed.qweight, packed.row_sums, packed.scale, bias32)
+            return out.to(x.dtype)
+        x_q, x_scale = self._quantize(x32)
+        self.ops.int8_linear(out, x_q, packed.qweight, packed.row_sums, x_scale, packed.scale,
+                             bias32, None)
+        return out.to(x.dtype)
+
+    def _quantize(self, x32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_q = torch.empty(x32.shape, dtype=torch.int8)  # (T, K)
         x_scale = torch.empty(x32.shape[0], dtype=torch.float32)  # (T,)
         self.ops.int8_quantize_dynamic(x_q, x_scale, x32)
-        bias32 = None if bias is None else bias.float().contiguous()  # (N,)
-        out = self._matmul(x_q, packed, x_scale, packed.scale, bias32, None)
-        return out.to(x.dtype)
+        return x_q, x_scale
 
     def static_linear(self, x: torch.Tensor, weight: Int8Weight, input_scale: torch.Tensor,
                       input_offset: torch.Tensor, quant_bias: torch.Tensor,
@@ -60,10 +71,7 @@ class CpuW8A8Kernels(W8A8Kernels):
         if not isinstance(experts.packed, list):
             experts.packed = [self.pack(Int8Weight(experts.qweight[e], experts.scale[e]))
                               for e in range(experts.qweight.shape[0])]
-        x32 = x.float().contiguous()  # (T, K)
-        x_q = torch.empty(x32.shape, dtype=torch.int8)  # (T, K)
-        x_scale = torch.empty(x32.shape[0], dtype=torch.float32)  # (T,)
-        self.ops.int8_quantize_dynamic(x_q, x_scale, x32)
+        x_q, x_scale = self._quantize(x.float().contiguous())  # (T, K), (T,)
         out = torch.empty(x.shape[0], experts.qweight.shape[1], dtype=torch.float32)  # (T, N)
         start = 0
         for packed, rows in zip(experts.packed, group_sizes.tolist()):
