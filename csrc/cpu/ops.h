@@ -1,7 +1,18 @@
 // Declarations of the CPU ops registered by vllm._C_<isa> (torch.ops._C_<isa>.*).
 #pragma once
 
-#include <torch/all.h>
+// The tensor type alone, not <torch/all.h>: every kernel file includes this header, and
+// the whole C++ frontend costs ~25 s of compile per file and ISA build (torch_bindings.cpp
+// includes <torch/extension.h> for the registration).
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace torch {
+using at::Tensor;
+using namespace c10;  // the scalar types and devices: kCPU, kFloat, kBFloat16, kInt, kLong
+}  // namespace torch
 
 // Decode attention over a paged KV cache (one query token per sequence).
 //   out, query:  (num_seqs, num_heads, head_size) float32 or bfloat16 (both the

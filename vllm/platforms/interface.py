@@ -86,6 +86,12 @@ class Platform:
         the GEMM for x of `dtype` with at most `max rows` rows, or None."""
         return None
 
+    # ---- mixture of experts (vllm/model_executor/layers/fused_moe/) ----------------------
+    def moe_kernels(self):
+        """This platform's own routing and routed-expert compute for FusedMoE (a
+        fused_moe.experts.MoEKernels), or None for the sorted-by-expert PyTorch path."""
+        return None
+
     # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------
     def panel_kernel(self) -> Optional[tuple[Callable, int, int, int]]:
         """(kernel(out, x, panels, bias), panel width, min tokens, max tokens) of the packed

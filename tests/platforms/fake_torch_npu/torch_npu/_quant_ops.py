@@ -5,7 +5,7 @@ npu_format_cast). Each computes its documented formula in plain PyTorch: exact i
 float32 scaling, then the output dtype."""
 import torch
 
-from torch_npu import CALLS
+from torch_npu import CALLS, _moe_ops
 from torch_npu import _checks as C
 
 __all__ = ["npu_dynamic_quant", "npu_quantize", "npu_quant_matmul", "npu_grouped_matmul",
@@ -113,16 +113,25 @@ def npu_quant_matmul(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=No
 
 
 _GMM_NONE = ("bias", "offset", "antiquant_scale", "antiquant_offset", "activation_input",
-             "activation_quant_scale", "activation_quant_offset")
+             "activation_quant_scale", "activation_quant_offset", "tuning_config")
 
 
-def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiquant_scale=None,
-                       antiquant_offset=None, per_token_scale=None, group_list=None,
-                       activation_input=None, activation_quant_scale=None,
-                       activation_quant_offset=None, split_item=0, group_type=-1,
-                       group_list_type=0, act_type=0, output_dtype=None):
-    """The per-token quantized form only: one int8 x (M, K) split into groups of rows by
-    group_list, one int8 weight (E, K, N); y[rows of e] = (x @ w[e]) * scale[e] * pts."""
+def npu_grouped_matmul(x, weight, **kwargs):
+    """int8 x: the per-token quantized form below; float x: _moe_ops' float forms."""
+    quantized = isinstance(x, list) and x and getattr(x[0], "dtype", None) == torch.int8
+    if quantized:
+        return _quantized_grouped_matmul(x, weight, **kwargs)
+    return _moe_ops.npu_grouped_matmul(x, weight, **kwargs)
+
+
+def _quantized_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None,
+                              antiquant_scale=None, antiquant_offset=None, per_token_scale=None,
+                              group_list=None, activation_input=None,
+                              activation_quant_scale=None, activation_quant_offset=None,
+                              split_item=0, group_type=-1, group_list_type=0, act_type=0,
+                              tuning_config=None, output_dtype=None):
+    """One int8 x (M, K) split into groups of rows by group_list, one int8 weight
+    (E, K, N); y[rows of e] = (x @ w[e]) * scale[e] * per_token_scale[rows]."""
     op = "npu_grouped_matmul"
     CALLS[op] += 1
     given = locals()
