@@ -75,6 +75,11 @@ class Platform:
         float32 x of at most `max tokens` rows with W in GGUF blocks, or None."""
         return None
 
+    # ---- W8A8 int8 linear layers (vllm/model_executor/layers/quantization/int8_kernels.py) --
+    def w8a8_kernels(self):
+        """The W8A8Kernels of this platform, or None (the exact PyTorch references run)."""
+        return None
+
     # ---- small-batch dense matmul (vllm/model_executor/layers/fused_moe/experts.py) --------
     def small_batch_linear(self, dtype: torch.dtype) -> Optional[tuple[Callable, int]]:
         """(op, max rows): an op `op(out, x, weight, bias)` computing x W^T + b faster than

@@ -75,6 +75,11 @@ class NpuPlatform(Platform):
                               "backend has no TorchAir decode path); disable it")
         return "compile"
 
+    def w8a8_kernels(self):
+        import torch_npu
+        from vllm.platforms.npu_int8 import NpuW8A8Kernels
+        return NpuW8A8Kernels(torch_npu)
+
     def compile_decode(self, step: Callable, num_shapes: int) -> Callable:
         # TorchAir (shipped with torch_npu): torchair.get_npu_backend(compiler_config=...)
         # is a torch.compile backend lowering to the Ascend graph engine. dynamic=False: one
