@@ -13,6 +13,8 @@
 //   portable      plain int16 x int16 -> int32 loops, which the compiler vectorises.
 #include <cmath>
 
+#include <ATen/ops/from_blob.h>
+
 #include "int8_tiles.h"
 #include "ops.h"
 
@@ -227,8 +229,8 @@ void int8_linear_dynamic(torch::Tensor& out, const torch::Tensor& x, const torch
   quantize_dynamic(x.data_ptr<float>(), m, k, x_q.data(), x_scale.data());
   const auto bytes = at::TensorOptions().dtype(at::kChar);
   const auto floats = at::TensorOptions().dtype(at::kFloat);
-  int8_linear(out, torch::from_blob(x_q.data(), {m, k}, bytes), weight, weight_sums,
-              torch::from_blob(x_scale.data(), {m}, floats), w_scale, bias, std::nullopt);
+  int8_linear(out, at::from_blob(x_q.data(), {m, k}, bytes), weight, weight_sums,
+              at::from_blob(x_scale.data(), {m}, floats), w_scale, bias, std::nullopt);
 }
 
 void int8_quantize_static(torch::Tensor& x_q, const torch::Tensor& x, double scale,
