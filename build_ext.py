@@ -83,7 +83,9 @@ def compile_flags(isa_flags: list, isa: str) -> list:
     # on one thread. torch ships libgomp, which the extension then shares.
     # -Wno-(maybe-)uninitialized: silence GCC 12 false positives inside its own
     # AVX-512 intrinsics (_mm512_reduce_add_ps, _mm512_cvtepu8_epi32).
-    return ["-O3", *isa_flags, f"-DVLLM_CPU_OPS_NAMESPACE=_C_{isa}", "-fopenmp",
+    # -g0: Python's CFLAGS add -g; debug info of torch's templates is most of each object's
+    # compile time and of the module's size.
+    return ["-O3", "-g0", *isa_flags, f"-DVLLM_CPU_OPS_NAMESPACE=_C_{isa}", "-fopenmp",
             "-Wno-maybe-uninitialized", "-Wno-uninitialized"]
 
 

@@ -33,17 +33,25 @@ from vllm.transformers_utils.gguf_cache import resolve_model_source  # noqa: E40
 KERNELS = ("gemm", "blocks", "dense", "panels")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None, kernels=KERNELS, default_kernels=("gemm", "blocks"),
+               default_tokens=(1, 8, 16, 32, 64, 128), description=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the demo model")
-    parser.add_argument("--num-tokens", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
-    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["gemm", "blocks"])
+    parser.add_argument("--num-tokens", type=int, nargs="+", default=list(default_tokens))
+    parser.add_argument("--kernels", nargs="+", choices=kernels, default=list(default_kernels))
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--output-json", default=None)
     args = parser.parse_args(argv)
     if args.iters < 1 or min(args.num_tokens) < 1:
         parser.error("--iters and --num-tokens must be >= 1")
     return args
+
+
+def load_block_layers(model_arg) -> tuple:
+    """(folder, the layers holding GGUF blocks) of `model_arg` or the demo model, float32."""
+    folder = resolve_model_source(model_arg or demo_model_path())
+    model = get_model(folder, get_hf_config(folder), torch.float32, "cpu")
+    return folder, packed_layers(model)
 
 
 def packed_layers(model) -> list:
@@ -85,9 +93,7 @@ def peaks(limits: dict, isa: str) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    folder = resolve_model_source(args.model or demo_model_path())
-    model = get_model(folder, get_hf_config(folder), torch.float32, "cpu")
-    layers = packed_layers(model)
+    folder, layers = load_block_layers(args.model)
     if not layers:
         raise SystemExit(f"no layer of {folder} holds GGUF blocks (is vllm._C_<isa> built, "
                          "VLLM_CPU_GGUF_KERNELS unset, the model a Q4_1 / Q8_0 GGUF?)")

@@ -13,4 +13,7 @@ target=${VLLM_TARGET_DEVICE:-cpu}
 # Convert the demo GGUF once into the safetensors cache, so the first start is fast too.
 "$PYTHON" -c "from vllm.demo_model import demo_model_path as p; \
 from vllm.transformers_utils.gguf_cache import resolve_model_source as r; r(p())"
+# ... and into a W8A8_DYNAMIC checkpoint beside it (vllm-ascend's format; made once).
+vllm demo-model --w8a8 > /dev/null
 echo "installed; demo model at: $(vllm demo-model)"
+echo "W8A8_DYNAMIC demo model at: $(vllm demo-model --w8a8)"

@@ -37,6 +37,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     enforce_eager: bool = False  # never record decode steps into graphs
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT (vllm/batch_invariant.py)
+    quantization: Optional[str] = None  # "ascend": W8A8 weights (layers/quantization/)
     # From config.json and generation_config.json (--generation-config):
     eos_token_ids: tuple[int, ...] = ()  # each one ends a request (unless ignore_eos)
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # for unset fields

@@ -8,7 +8,7 @@
 namespace {
 
 bool is_cache_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16;
+  return t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16;
 }
 
 // Rows are copied bit for bit, so they must have the cache's dtype.
@@ -40,7 +40,7 @@ void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
               "contiguous");
   check_token_rows(key, "key", key_cache);
   check_token_rows(value, "value", key_cache);
-  TORCH_CHECK(slot_mapping.scalar_type() == torch::kInt64 && slot_mapping.dim() == 1 &&
+  TORCH_CHECK(slot_mapping.scalar_type() == torch::kLong && slot_mapping.dim() == 1 &&
                   slot_mapping.is_contiguous() && slot_mapping.size(0) == key.size(0) &&
                   value.size(0) == key.size(0),
               "reshape_and_cache: slot_mapping must be a contiguous int64 (num_tokens,) "

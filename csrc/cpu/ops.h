@@ -1,7 +1,18 @@
 // Declarations of the CPU ops registered by vllm._C_<isa> (torch.ops._C_<isa>.*).
 #pragma once
 
-#include <torch/all.h>
+// The tensor type alone, not <torch/all.h>: every kernel file includes this header, and
+// the whole C++ frontend costs ~25 s of compile per file and ISA build (torch_bindings.cpp
+// includes <torch/extension.h> for the registration).
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace torch {
+using at::Tensor;
+using namespace c10;  // the scalar types and devices: kCPU, kFloat, kBFloat16, kInt, kLong
+}  // namespace torch
 
 // Decode attention over a paged KV cache (one query token per sequence).
 //   out, query:  (num_seqs, num_heads, head_size) float32 or bfloat16 (both the
@@ -88,3 +99,36 @@ double fma_peak_gflops(int64_t iterations);
 int64_t panel_width();
 void panel_linear(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& panels,
                   const std::optional<torch::Tensor>& bias);
+
+// W8A8 linear (int8_linear.cpp): exact int32 sums of int8 x int8, then, in float32 and in
+// this order (vllm/model_executor/layers/quantization/int8_kernels.py, bit for bit):
+//   out[i, j] = float(acc[i, j] + acc_bias[j]) * x_scale[i] * w_scale[j] + bias[j]
+// where each optional term that is None is left out (dynamic: x_scale and maybe bias;
+// static: acc_bias). acc = x_q W^T wraps as int32.
+//   out:         (m, n) float32, contiguous
+//   x_q:         (m, k) int8, contiguous
+//   weight:      (n, k) int8, contiguous, as the checkpoint stores it
+//   weight_sums: (n,) int32, each weight row's sum (the VNNI path needs it)
+//   x_scale:     (m,) float32 or None;  w_scale: (n,) float32
+//   bias:        (n,) float32 or None;  acc_bias: (n,) int32 or None
+// int8_dot_product() names the instructions this build's CPU runs for it.
+void int8_linear(torch::Tensor& out, const torch::Tensor& x_q, const torch::Tensor& weight,
+                 const torch::Tensor& weight_sums, const std::optional<torch::Tensor>& x_scale,
+                 const torch::Tensor& w_scale, const std::optional<torch::Tensor>& bias,
+                 const std::optional<torch::Tensor>& acc_bias);
+std::string int8_dot_product();
+
+// Per-row symmetric int8 of float32 x (m, k): scale[i] = amax_i / 127 (1 for an all-zero
+// row), x_q = round_half_even(x / scale) clamped to [-127, 127].
+void int8_quantize_dynamic(torch::Tensor& x_q, torch::Tensor& scale, const torch::Tensor& x);
+
+// int8_quantize_dynamic then int8_linear (dynamic: x_scale from the quantisation), in one
+// call: x (m, k) float32, contiguous; out, weight, weight_sums, w_scale, bias as above.
+void int8_linear_dynamic(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& weight,
+                         const torch::Tensor& weight_sums, const torch::Tensor& w_scale,
+                         const std::optional<torch::Tensor>& bias);
+
+// Per-tensor int8: x_q = round_half_even(x / scale + offset) clamped to [-128, 127], the
+// arithmetic in float32 (scale and offset are float32 values passed as doubles).
+void int8_quantize_static(torch::Tensor& x_q, const torch::Tensor& x, double scale,
+                          double offset);

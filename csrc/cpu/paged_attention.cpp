@@ -272,7 +272,7 @@ int64_t check_seq_lens_and_blocks(const torch::Tensor& block_table,
 
 void check_float_cpu(const torch::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.device().is_cpu(), "paged_attention_decode: ", name, " must be on CPU");
-  TORCH_CHECK(t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16,
+  TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16,
               "paged_attention_decode: ", name, " must be float32 or bfloat16, got ",
               t.scalar_type());
   TORCH_CHECK(t.dim() == dims, "paged_attention_decode: ", name, " must have ", dims,
@@ -281,7 +281,7 @@ void check_float_cpu(const torch::Tensor& t, const char* name, int64_t dims) {
 
 void check_int32_cpu(const torch::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.device().is_cpu(), "paged_attention_decode: ", name, " must be on CPU");
-  TORCH_CHECK(t.scalar_type() == torch::kInt32, "paged_attention_decode: ", name,
+  TORCH_CHECK(t.scalar_type() == torch::kInt, "paged_attention_decode: ", name,
               " must be int32, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == dims, "paged_attention_decode: ", name, " must have ", dims,
               " dims, got shape ", t.sizes());

@@ -32,7 +32,7 @@ int64_t slice_start(int64_t vocab, int64_t slice, int64_t slices) {
 }
 
 void check_row_values(const torch::Tensor& t, const char* name, int64_t rows) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kInt64 && t.dim() == 1 &&
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kLong && t.dim() == 1 &&
                   t.size(0) == rows && t.is_contiguous(),
               "exponential_race_sample: ", name, " must be a contiguous int64 CPU tensor (",
               rows, ",), got ", t.scalar_type(), " ", t.sizes());
@@ -42,7 +42,7 @@ void check_row_values(const torch::Tensor& t, const char* name, int64_t rows) {
 
 void exponential_race_sample(torch::Tensor& out, const torch::Tensor& logits,
                              const torch::Tensor& seeds, const torch::Tensor& positions) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat32 &&
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat &&
                   logits.dim() == 2 && logits.size(1) > 0 && logits.stride(1) == 1,
               "exponential_race_sample: logits must be a float32 CPU tensor (rows, vocab) "
               "with vocab > 0 and a contiguous last dim, got ", logits.scalar_type(), " ",

@@ -42,6 +42,19 @@ TORCH_LIBRARY_FRAGMENT(VLLM_CPU_OPS_NAMESPACE, ops) {
   ops.def("panel_width() -> int", &panel_width);
   ops.def("panel_linear(Tensor(a!) out, Tensor x, Tensor panels, Tensor? bias) -> ()");
   ops.impl("panel_linear", torch::kCPU, &panel_linear);
+  ops.def(
+      "int8_linear(Tensor(a!) out, Tensor x_q, Tensor weight, Tensor weight_sums, "
+      "Tensor? x_scale, Tensor w_scale, Tensor? bias, Tensor? acc_bias) -> ()");
+  ops.impl("int8_linear", torch::kCPU, &int8_linear);
+  ops.def("int8_dot_product() -> str", &int8_dot_product);
+  ops.def(
+      "int8_linear_dynamic(Tensor(a!) out, Tensor x, Tensor weight, Tensor weight_sums, "
+      "Tensor w_scale, Tensor? bias) -> ()");
+  ops.impl("int8_linear_dynamic", torch::kCPU, &int8_linear_dynamic);
+  ops.def("int8_quantize_dynamic(Tensor(a!) x_q, Tensor(b!) scale, Tensor x) -> ()");
+  ops.impl("int8_quantize_dynamic", torch::kCPU, &int8_quantize_dynamic);
+  ops.def("int8_quantize_static(Tensor(a!) x_q, Tensor x, float scale, float offset) -> ()");
+  ops.impl("int8_quantize_static", torch::kCPU, &int8_quantize_static);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

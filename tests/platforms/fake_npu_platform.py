@@ -15,7 +15,9 @@ from vllm.platforms.npu import NpuPlatform
 
 FAKE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_torch_npu")
 _FAKE_MODULES = ("torch_npu", "torchair")
-_BACKEND_MODULES = ("vllm.attention.backends.npu", "vllm.attention.backends.npu_ops")
+_BACKEND_MODULES = ("vllm.attention.backends.npu", "vllm.attention.backends.npu_ops",
+                    "vllm.attention.backends.npu_mla", "vllm.attention.backends.npu_mla_ops",
+                    "vllm.platforms.npu_moe")
 TEST_KV_CACHE_BYTES = 64 << 20
 
 

@@ -10,8 +10,9 @@ from vllm.platforms.cuda import CudaPlatform
 from vllm.platforms.npu import NpuPlatform
 
 
-def config(enforce_eager=False, block_size=128, **additional):
-    return types.SimpleNamespace(model_config=types.SimpleNamespace(enforce_eager=enforce_eager),
+def config(enforce_eager=False, block_size=128, is_mla=False, **additional):
+    model_config = types.SimpleNamespace(enforce_eager=enforce_eager, is_mla=is_mla)
+    return types.SimpleNamespace(model_config=model_config,
                                  cache_config=types.SimpleNamespace(block_size=block_size),
                                  additional_config=additional)
 
@@ -55,6 +56,20 @@ def test_bad_torchair_config_is_a_clear_error():
     with fake_npu():
         with pytest.raises(ValueError, match="torchair_graph_config"):
             NpuPlatform().decode_graph_mode(config(torchair_graph_config=True))
+
+
+def test_mla_models_decode_eagerly():
+    """NPU refuses TorchAir for MLA models (one line), CUDA captures no graphs for them."""
+    from vllm.attention.backends import cuda as cuda_backend
+    from vllm.config import ConfigError
+    with fake_npu():
+        with pytest.raises(ConfigError, match="torchair_graph_config: MLA"):
+            NpuPlatform().decode_graph_mode(config(is_mla=True, torchair_graph_config={
+                "enabled": True}))
+        assert NpuPlatform().decode_graph_mode(config(is_mla=True)) is None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cuda_backend, "HAS_FLASH_ATTN", True)
+        assert CudaPlatform().decode_graph_mode(config(block_size=256, is_mla=True)) is None
 
 
 def test_cuda_captures_only_over_flash_attn(monkeypatch):

@@ -21,6 +21,7 @@ class EngineArgs:
     served_model_name: Optional[str] = None
     trust_remote_code: bool = False
     dtype: str = "auto"
+    quantization: Optional[str] = None  # "ascend", or None: detected from the model folder
     seed: int = 0
     max_model_len: Optional[int] = None
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
@@ -60,12 +61,15 @@ class EngineArgs:
                                           hf_config, self.trust_remote_code)
         if batch_invariant:
             current_platform.batch_invariant_linear(dtype)  # ConfigError where unsupported
+        from vllm.model_executor.layers.quantization.ascend_config import resolve_quantization
+        quantization = resolve_quantization(self.quantization, source)
         model_config = ModelConfig(
             model=source, tokenizer=tokenizer, hf_config=hf_config, dtype=dtype,
             max_model_len=max_model_len, seed=self.seed,
             served_model_name=self.served_model_name or model,
             trust_remote_code=self.trust_remote_code, enforce_eager=self.enforce_eager,
-            batch_invariant=batch_invariant, eos_token_ids=generation.eos_token_ids,
+            batch_invariant=batch_invariant, quantization=quantization,
+            eos_token_ids=generation.eos_token_ids,
             sampling_defaults=generation.sampling, default_max_tokens=generation.max_tokens)
         block_size = self.block_size or current_platform.default_block_size
         current_platform.check_block_size(block_size)

@@ -33,6 +33,8 @@ PANEL_GEMM_TOKENS = {"avx2": (1, 512)}
 # AVX2 (EPYC, one thread, a 512 x 512 weight): dense_linear's lead over MKL is 1.56x at
 # 1 row, 2.9x at 4, 1.7x at 8, 1.14x at 32, 1.04x at 64, 1.02x at 128.
 DENSE_KERNEL_MAX_ROWS = {"avx2": 64}
+# VLLM_CPU_INT8_KERNELS=0: the W8A8 layers run the PyTorch reference, not vllm._C's int8 GEMM.
+INT8_KERNELS_ENV = "VLLM_CPU_INT8_KERNELS"
 
 
 class CpuPlatform(Platform):
@@ -86,6 +88,15 @@ class CpuPlatform(Platform):
         if ops is None:
             return None
         return ops.gguf_linear, GGUF_KERNEL_MAX_TOKENS[selected_isa()]
+
+    def w8a8_kernels(self):
+        if os.environ.get(INT8_KERNELS_ENV, "1") == "0":
+            return None
+        ops = kernel_ops()
+        if ops is None or not hasattr(ops, "int8_linear"):
+            return None
+        from vllm.platforms.cpu_int8 import CpuW8A8Kernels
+        return CpuW8A8Kernels(ops)
 
     def panel_kernel(self):
         if os.environ.get(PANEL_GEMM_ENV, "1") == "0":

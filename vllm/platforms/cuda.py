@@ -48,8 +48,8 @@ class CudaPlatform(Platform):
         return dist.ProcessGroupNCCL(store, rank, world_size, options)
 
     def decode_graph_mode(self, vllm_config) -> Optional[str]:
-        if vllm_config.model_config.enforce_eager:
-            return None
+        if vllm_config.model_config.enforce_eager or vllm_config.model_config.is_mla:
+            return None  # the MLA backend's SDPA decode reads host lengths: eager only
         backend = self.get_attn_backend_cls()
         return "capture" if backend.can_capture_decode(vllm_config.cache_config.block_size) \
             else None

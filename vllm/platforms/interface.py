@@ -75,10 +75,21 @@ class Platform:
         float32 x of at most `max tokens` rows with W in GGUF blocks, or None."""
         return None
 
+    # ---- W8A8 int8 linear layers (vllm/model_executor/layers/quantization/int8_kernels.py) --
+    def w8a8_kernels(self):
+        """The W8A8Kernels of this platform, or None (the exact PyTorch references run)."""
+        return None
+
     # ---- small-batch dense matmul (vllm/model_executor/layers/fused_moe/experts.py) --------
     def small_batch_linear(self, dtype: torch.dtype) -> Optional[tuple[Callable, int]]:
         """(op, max rows): an op `op(out, x, weight, bias)` computing x W^T + b faster than
         the GEMM for x of `dtype` with at most `max rows` rows, or None."""
+        return None
+
+    # ---- mixture of experts (vllm/model_executor/layers/fused_moe/) ----------------------
+    def moe_kernels(self):
+        """This platform's own routing and routed-expert compute for FusedMoE (a
+        fused_moe.experts.MoEKernels), or None for the sorted-by-expert PyTorch path."""
         return None
 
     # ---- batch-invariant mode (vllm/batch_invariant.py) ------------------------------------

@@ -67,7 +67,18 @@ class NpuPlatform(Platform):
         torchair = (vllm_config.additional_config or {}).get("torchair_graph_config") or {}
         if not isinstance(torchair, dict):
             raise ValueError(f"torchair_graph_config must be an object, got {torchair!r}")
-        return "compile" if torchair.get("enabled", False) else None
+        if not torchair.get("enabled", False):
+            return None
+        if vllm_config.model_config.is_mla:
+            from vllm.config import ConfigError
+            raise ConfigError("torchair_graph_config: MLA models run eagerly on NPU (the MLA "
+                              "backend has no TorchAir decode path); disable it")
+        return "compile"
+
+    def w8a8_kernels(self):
+        import torch_npu
+        from vllm.platforms.npu_int8 import NpuW8A8Kernels
+        return NpuW8A8Kernels(torch_npu)
 
     def compile_decode(self, step: Callable, num_shapes: int) -> Callable:
         # TorchAir (shipped with torch_npu): torchair.get_npu_backend(compiler_config=...)
@@ -83,6 +94,11 @@ class NpuPlatform(Platform):
         _allow_graphs_per_function(num_shapes)
         backend = torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
         return torch.compile(step, backend=backend, fullgraph=True, dynamic=False)
+
+
+    def moe_kernels(self):
+        from vllm.platforms.npu_moe import NpuMoEKernels
+        return NpuMoEKernels()
 
 
 def _allow_graphs_per_function(count: int) -> None:

@@ -34,7 +34,8 @@ class ModelRunner:
         from vllm.model_executor.model_loader import get_model
         cfg = self.model_config
         self.model = get_model(cfg.model, cfg.hf_config, cfg.dtype, self.device,
-                               batch_invariant=cfg.batch_invariant)
+                               batch_invariant=cfg.batch_invariant,
+                               quantization=cfg.quantization)
         if self.vllm_config.additional_config.get("chunked_prefill_for_mla"):
             for layer in self.attention_layers().values():
                 if isinstance(layer, MLAAttention):

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/all.h>  // the harness makes tensors (ops.h declares the kernels only)
+
 #include "ops.h"
 
 // isa_report.cpp, compiled with the variant's own flags.

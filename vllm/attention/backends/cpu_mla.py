@@ -1,19 +1,15 @@
 """CPU multi-head latent attention: decodes attend over the cached latents with kv_b_proj
 absorbed (the paged decode kernel, one shared latent "head"), prefills expand the latents into
-per-head keys and values for SDPA, at once or a context chunk at a time."""
+per-head keys and values for SDPA, at once or a context chunk at a time (mla_prefill.py)."""
 import torch
 
-from vllm.attention.backend import CommonAttentionMetadata, MLAAttentionImpl
-from vllm.attention.ops.mla import (absorbed_weights, attention_with_lse, expand_latent,
-                                    merge_partial, split_latent, write_latent)
+from vllm.attention.backend import CommonAttentionMetadata
+from vllm.attention.backends.mla_prefill import ExpandedPrefillMLAImpl
+from vllm.attention.ops.mla import absorb_query, absorbed_weights, project_values, write_latent
 from vllm.attention.ops.paged_attention import paged_attention_decode
-from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
 
-class CPUMLAImpl(MLAAttentionImpl):
-    # Cached tokens expanded per chunk when chunked context prefill is on.
-    context_chunk_tokens = 1024
-    chunked_context = False
+class CPUMLAImpl(ExpandedPrefillMLAImpl):
     # (kernel, W_UK^T per head (H, L, nope), W_UV per head (H, v, L)) in batch-invariant mode
     invariant = None
 
@@ -22,9 +18,6 @@ class CPUMLAImpl(MLAAttentionImpl):
         kernel = current_platform.batch_invariant_linear(self.kv_b_proj.weight.dtype)
         w_uk, w_uv = absorbed_weights(self.kv_b_proj.weight, self.dims)
         self.invariant = (kernel, w_uk.transpose(1, 2).contiguous(), w_uv.contiguous())
-
-    def enable_chunked_context_prefill(self) -> None:
-        self.chunked_context = True
 
     def forward(self, q, kv_c_normed, k_pe, kv_cache, md: CommonAttentionMetadata):
         num_tokens = md.num_actual_tokens
@@ -67,45 +60,14 @@ class CPUMLAImpl(MLAAttentionImpl):
         if self.invariant is not None:
             kernel, w_uk_t, _ = self.invariant
             return per_head_linear(kernel, q_nope, w_uk_t)
-        w_uk, _ = absorbed_weights(self.kv_b_proj.weight, self.dims)  # (H, nope, L)
-        return torch.matmul(q_nope.transpose(0, 1), w_uk).transpose(0, 1)
+        return absorb_query(self.kv_b_proj.weight, self.dims, q_nope)
 
     def _project_values(self, out_latent: torch.Tensor) -> torch.Tensor:
         """(B, H, kv_lora_rank) -> W_UV out_latent per head, (B, H, v)."""
         if self.invariant is not None:
             kernel, _, w_uv = self.invariant
             return per_head_linear(kernel, out_latent, w_uv)
-        _, w_uv = absorbed_weights(self.kv_b_proj.weight, self.dims)  # (H, v, L)
-        return torch.matmul(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)
-
-    # ---- prefill: latents expanded into per-head keys and values -----------------------
-    def _prefill(self, q, kv_c_normed, k_pe, kv_cache, block_row, seq_len) -> torch.Tensor:
-        num_cached = seq_len - q.shape[0]
-        if num_cached == 0:
-            keys, values = expand_latent(self.kv_b_proj, self.dims, kv_c_normed, k_pe)
-            return causal_attention(q, keys, values, self.scale)
-        if self.chunked_context:
-            return self._prefill_chunked_context(q, kv_c_normed, k_pe, kv_cache, block_row,
-                                                 num_cached)
-        latents = gather_sequence(kv_cache, block_row, seq_len)  # (L, latent)
-        keys, values = expand_latent(self.kv_b_proj, self.dims, *split_latent(latents, self.dims))
-        return causal_attention(q, keys, values, self.scale, offset=num_cached)
-
-    def _prefill_chunked_context(self, q, kv_c_normed, k_pe, kv_cache, block_row,
-                                 num_cached) -> torch.Tensor:
-        """The new tokens among themselves, then the cached context context_chunk_tokens at
-        a time, merged by log-sum-exp: memory bounded by the chunk, not the context."""
-        keys, values = expand_latent(self.kv_b_proj, self.dims, kv_c_normed, k_pe)
-        out, lse = attention_with_lse(q, keys, values, self.scale, causal=True)
-        for start in range(0, num_cached, self.context_chunk_tokens):
-            end = min(start + self.context_chunk_tokens, num_cached)
-            latents = gather_sequence(kv_cache, block_row, end, start)  # (n, latent)
-            keys, values = expand_latent(self.kv_b_proj, self.dims,
-                                         *split_latent(latents, self.dims))
-            chunk_out, chunk_lse = attention_with_lse(q, keys, values, self.scale, causal=False)
-            out, lse = merge_partial(out, lse, chunk_out, chunk_lse)
-        return out.to(q.dtype)
-
+        return project_values(self.kv_b_proj.weight, self.dims, out_latent)
 
 def per_head_linear(kernel, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """x (B, H, in), weights (H, out, in) -> (B, H, out) through the fixed-order kernel

@@ -4,7 +4,7 @@ it, else PyTorch SDPA (which also runs on CPU tensors, so tests can check it her
 KV cache per layer: (2, num_blocks, block_size, num_kv_heads, head_size), flash-attn's
 paged layout. Decode steps are captured as CUDA graphs only over flash-attn (fixed shapes,
 no host syncs); the SDPA decode is eager and trims the gathered blocks to the longest
-sequence. SDPA's enable_gqa needs PyTorch >= 2.5.
+sequence. SDPA's enable_gqa needs PyTorch >= 2.5. MLA: cuda_mla.py (SDPA only, eager).
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMetadata
+from vllm.attention.backends.cuda_mla import CudaMLAImpl
 from vllm.attention.ops.sdpa import causal_attention, gather_sequence
 
 try:
@@ -146,6 +147,7 @@ def write_kv(key: torch.Tensor,  # (T, KVH, D)
 class CudaAttentionBackend(AttentionBackend):
     name = "CUDA_ATTN"
     impl_cls = CudaAttentionImpl
+    mla_impl_cls = CudaMLAImpl
 
     @staticmethod
     def build_metadata(common: CommonAttentionMetadata) -> CudaAttentionMetadata:

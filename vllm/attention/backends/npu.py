@@ -7,6 +7,7 @@ prompts with nothing cached to `_npu_flash_attention`; when any prompt has cache
 the paged cache. Inside a TorchAir graph (decode only) the metadata is NpuGraphMetadata, the
 compiled step's tensor inputs; KV writes use `npu_scatter_nd_update_` and attention
 TorchAir's `npu_fused_infer_attention_score`, which takes the sequence lengths as a tensor.
+MLA (npu_mla.py) shares this step metadata and runs eagerly only.
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,6 +18,7 @@ from vllm.attention.backend import AttentionBackend, AttentionImpl, CommonAttent
 from vllm.attention.backends import npu_ops
 from vllm.attention.backends.npu_kv_copy import gather_kv, scatter_kv
 from vllm.attention.backends.npu_masks import compressed_causal_mask, prompt_causal_mask
+from vllm.attention.backends.npu_mla import NpuMLAImpl
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -174,6 +176,7 @@ class NpuAttentionImpl(AttentionImpl):
 class NpuAttentionBackend(AttentionBackend):
     name = "NPU_ATTN"
     impl_cls = NpuAttentionImpl
+    mla_impl_cls = NpuMLAImpl
 
     @staticmethod
     def build_metadata(common: CommonAttentionMetadata) -> NpuAttentionMetadata:

@@ -4,6 +4,7 @@ import torch
 
 COMPRESSED_MASK_SIZE = 2048  # sparse_mode 2/3/4 take a fixed 2048 x 2048 mask
 MIN_PROMPT_MASK = 128  # the prompt mask grows by doubling from here
+RING_MLA_MASK_SIZE = 512  # npu_ring_mla's mask_type_triu mask is (512, 512)
 
 _prompt_masks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 _compressed_masks: dict[torch.device, torch.Tensor] = {}

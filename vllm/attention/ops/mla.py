@@ -40,6 +40,19 @@ def absorbed_weights(kv_b_weight: torch.Tensor, dims: MLADims
     return per_head[:, :dims.qk_nope_head_dim], per_head[:, dims.qk_nope_head_dim:]
 
 
+def absorb_query(kv_b_weight: torch.Tensor, dims: MLADims, q_nope: torch.Tensor) -> torch.Tensor:
+    """(B, H, nope) -> W_UK^T q_nope per head, (B, H, kv_lora_rank)."""
+    w_uk, _ = absorbed_weights(kv_b_weight, dims)  # (H, nope, L)
+    return torch.matmul(q_nope.transpose(0, 1), w_uk).transpose(0, 1)
+
+
+def project_values(kv_b_weight: torch.Tensor, dims: MLADims,
+                   out_latent: torch.Tensor) -> torch.Tensor:
+    """(B, H, kv_lora_rank) -> W_UV out_latent per head, (B, H, v)."""
+    _, w_uv = absorbed_weights(kv_b_weight, dims)  # (H, v, L)
+    return torch.matmul(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)
+
+
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                        causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """q: (Lq, H, D); k: (Lk, H, D); v: (Lk, H, Dv). Returns the attention output

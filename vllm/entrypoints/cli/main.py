@@ -7,13 +7,15 @@ from vllm.platforms.cpu_isa import requested_isa
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from vllm.demo_model import demo_model_path
-    print(demo_model_path())
+    from vllm.demo_model import demo_model_path, demo_w8a8_path
+    print(demo_w8a8_path() if args.w8a8 else demo_model_path())
     return 0
 
 
 def _add_demo_model(subparsers) -> None:
     parser = subparsers.add_parser("demo-model", help="print the local path of the demo model")
+    parser.add_argument("--w8a8", action="store_true",
+                        help="its W8A8_DYNAMIC checkpoint instead (made once if missing)")
     parser.set_defaults(func=_demo_model)
 
 
@@ -36,6 +38,11 @@ def _add_proxy(subparsers) -> None:
     add_cli_args(subparsers)
 
 
+def _add_quantize(subparsers) -> None:
+    from vllm.entrypoints.cli.quantize import add_cli_args
+    add_cli_args(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vllm.version import __version__
     parser = argparse.ArgumentParser(prog="vllm", description="vLLM-compatible inference engine "
@@ -47,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_proxy(subparsers)
     _add_plan(subparsers)
+    _add_quantize(subparsers)
     return parser
 
 

@@ -75,6 +75,9 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tokenizer", default=None)
     group.add_argument("--trust-remote-code", action="store_true")
     group.add_argument("--dtype", default="auto")
+    group.add_argument("--quantization", "-q", default=None, metavar="ascend",
+                       help="W8A8 weights described by quant_model_description.json (found "
+                       "in the model folder without this flag too)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--max-num-seqs", type=int, default=None)
@@ -200,6 +203,7 @@ def engine_args_from_cli(args: argparse.Namespace):
         "model": resolve_model(args), "tokenizer": args.tokenizer,
         "served_model_name": args.served_model_name[0] if args.served_model_name else None,
         "trust_remote_code": args.trust_remote_code, "dtype": args.dtype, "seed": args.seed,
+        "quantization": args.quantization,
         "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
         "enable_prefix_caching": args.enable_prefix_caching,

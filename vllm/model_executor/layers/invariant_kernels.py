@@ -37,8 +37,8 @@ def make_batch_invariant(model: nn.Module, dense_kernel: Callable) -> int:
         if hasattr(module, "use_fixed_order_kernel"):
             module.use_fixed_order_kernel(dense_kernel)
             switched += 1
-        if not hasattr(module, "packed"):
-            continue
+        if not hasattr(module, "packed") or getattr(module, "quant_method", None) is not None:
+            continue  # a W8A8 layer sums each row in a fixed order already
         if module.packed is None:
             module.packed = DenseKernelLinear(module.weight.data, dense_kernel)
         else:

@@ -12,6 +12,15 @@ from vllm.model_executor.layers.weight_utils import (
     copy_checked, divide, narrow_checked, new_parameter, tp_rank_and_size)
 
 
+def linear_matmul(layer: nn.Module, x: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x W^T + b of a parallel layer's local shard: its quantization method's matmul when it
+    has one (layers/quantization/), else the float weight's (GGUF blocks, panels, GEMM)."""
+    if layer.quant_method is not None:
+        return layer.quant_method.apply(layer, x, bias)
+    return packed_or_dense_linear(x, layer.weight, bias, layer.packed)
+
+
 class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with W's rows (the outputs) split evenly across ranks.
 
@@ -32,6 +41,7 @@ class ColumnParallelLinear(nn.Module):
         self.gather_output = gather_output
         self.weight = new_parameter(self.output_size_per_partition, input_size)
         self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
+        self.quant_method = None  # W8A8 (layers/quantization/w8a8_linear.py), if quantized
         self.weight.weight_loader = self.weight_loader
         if bias:
             self.bias = new_parameter(self.output_size_per_partition)
@@ -49,8 +59,7 @@ class ColumnParallelLinear(nn.Module):
         copy_checked(param.data, shard, self.prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (num_tokens, output_size_per_partition)
-        out = packed_or_dense_linear(x, self.weight, self.bias, self.packed)
+        out = linear_matmul(self, x, self.bias)  # (num_tokens, output_size_per_partition)
         if self.gather_output:
             out = tensor_model_parallel_all_gather(out, dim=-1)
         return out
@@ -217,6 +226,7 @@ class RowParallelLinear(nn.Module):
         self.reduce_results = reduce_results
         self.weight = new_parameter(output_size, self.input_size_per_partition)
         self.packed: Optional[PackedLinear] = None  # GGUF blocks of `weight`, if attached
+        self.quant_method = None  # W8A8 (layers/quantization/w8a8_linear.py), if quantized
         self.weight.weight_loader = self.weight_loader
         if bias:
             self.bias = new_parameter(output_size)
@@ -228,7 +238,7 @@ class RowParallelLinear(nn.Module):
                       shard_id=None) -> None:
         if shard_id is not None:
             raise ValueError(f"{self.prefix}: unexpected shard_id {shard_id!r}")
-        if param is self.bias:
+        if param.dim() == 1:  # the bias, or a per-output-channel scale: whole on every rank
             copy_checked(param.data, loaded_weight, self.prefix)
             return
         shard = narrow_checked(loaded_weight, 1, self.input_size, self.input_start,
@@ -237,10 +247,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            # (num_tokens, output_size)
-            return packed_or_dense_linear(x, self.weight, self.bias, self.packed)
-        # (num_tokens, output_size), partial sum
-        out = packed_or_dense_linear(x, self.weight, None, self.packed)
+            return linear_matmul(self, x, self.bias)  # (num_tokens, output_size)
+        out = linear_matmul(self, x, None)  # (num_tokens, output_size), partial sum
         if self.reduce_results:
             out = tensor_model_parallel_all_reduce(out)
         if self.bias is not None and (self.reduce_results or self.tp_rank == 0):

@@ -249,3 +249,6 @@ def _scatter_nd_update_kernel(cache, indices, updates) -> None:
     if bool(((flat_index < 0) | (flat_index >= bounds)).any()):
         C.fail(op, f"indices outside the first {depth} dims {tuple(cache.shape[:depth])}")
     cache[tuple(flat_index.t())] = updates.reshape(-1, *cache.shape[depth:])
+from torch_npu._mla_ops import *  # noqa: E402,F401,F403
+from torch_npu._moe_ops import *  # noqa: E402,F401,F403
+from torch_npu._quant_ops import *  # noqa: E402,F401,F403  (the W8A8 quant ops)

@@ -1,5 +1,6 @@
 """Routed experts run expert by expert: an expert's tokens in one gate+up and one down matmul."""
 import sys
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -11,6 +12,22 @@ from vllm.model_executor.layers.activation import SiluAndMul
 MatmulInto = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 _silu_and_mul = SiluAndMul()
+
+
+class MoEKernels(ABC):
+    """A platform's own routing and routed-expert compute (Platform.moe_kernels), in place of
+    routing.route and run_experts below; the same contracts."""
+
+    @abstractmethod
+    def route(self, routing, router_logits: torch.Tensor,
+              correction_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """As routing.route: (weights (T, k) float32, expert ids (T, k) int64)."""
+
+    @abstractmethod
+    def experts(self, hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """As run_experts: sum_k weights[t, k] * expert_{ids[t, k]}(hidden[t]), (T, H)
+        float32."""
 
 
 def gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:

@@ -61,23 +61,34 @@ class FusedMoE(nn.Module):
         else:
             self.register_parameter("e_score_correction_bias", None)
         self.matmul_into = small_batch_matmul(self.w13_weight.dtype)
-        self.loaded: set[tuple[int, str]] = set()
+        self.platform_kernels = current_platform.moe_kernels()  # None: route + run_experts
+        self.quant_method = None  # W8A8 experts (layers/quantization/w8a8_experts.py)
+        self.expert_suffixes: tuple[str, ...] = ("weight",)  # tensors each projection loads
+        self.loaded: set[tuple[int, str, str]] = set()
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor,
                       shard_id: str, expert_id: int) -> None:
         if shard_id not in EXPERT_SHARDS:
             raise ValueError(f"{self.prefix}: shard_id must be one of "
                              f"{tuple(EXPERT_SHARDS)}, got {shard_id!r}")
-        where = expert_checkpoint_name(self.prefix, expert_id, shard_id)
+        suffix = self._suffix_of(param, shard_id)
+        where = expert_checkpoint_name(self.prefix, expert_id, shard_id, suffix or "weight")
         if not 0 <= expert_id < self.num_experts:
             raise ValueError(f"{where}: expert id {expert_id} outside [0, {self.num_experts})")
-        if param is not getattr(self, EXPERT_SHARDS[shard_id][0]):
+        if suffix is None:
             raise ValueError(f"{where}: shard {shard_id} does not belong to this parameter")
         if shard_id == "w2":
             self._load_down(param.data[expert_id], loaded_weight, where)
         else:
             self._load_gate_or_up(param.data[expert_id], loaded_weight, shard_id, where)
-        self.loaded.add((expert_id, shard_id))
+        self.loaded.add((expert_id, shard_id, suffix))
+
+    def _suffix_of(self, param: nn.Parameter, shard_id: str):
+        """`param`'s suffix (weight, weight_scale, ...) when it is one of `shard_id`'s
+        parameters (`<family>_<suffix>`), else None."""
+        family = EXPERT_SHARDS[shard_id][0]
+        return next((suffix for suffix in self.expert_suffixes
+                     if getattr(self, f"{family}_{suffix}", None) is param), None)
 
     def _load_gate_or_up(self, dst: torch.Tensor, loaded: torch.Tensor, shard_id: str,
                          where: str) -> None:
@@ -88,6 +99,9 @@ class FusedMoE(nn.Module):
         copy_checked(dst.narrow(0, offset, rows), shard, where)
 
     def _load_down(self, dst: torch.Tensor, loaded: torch.Tensor, where: str) -> None:
+        if dst.dim() == 1:  # a per-output-channel scale (H,): every rank holds all of it
+            copy_checked(dst, loaded, where)
+            return
         cols = self.local_intermediate
         shard = narrow_checked(loaded, 1, self.intermediate_size, self.tp_rank * cols, cols,
                                where)  # (H, I / tp)
@@ -95,14 +109,18 @@ class FusedMoE(nn.Module):
 
     def missing_expert_weights(self) -> list[str]:
         """Checkpoint names of the expert tensors not loaded yet."""
-        return [expert_checkpoint_name(self.prefix, expert, shard_id)
+        return [expert_checkpoint_name(self.prefix, expert, shard_id, suffix)
                 for expert in range(self.num_experts) for shard_id in EXPERT_SHARDS
-                if (expert, shard_id) not in self.loaded]
+                for suffix in self.expert_suffixes
+                if (expert, shard_id, suffix) not in self.loaded]
 
     def use_fixed_order_kernel(self, kernel: Callable) -> None:
         """Batch-invariant mode: every expert matmul through the platform's fixed-order
-        dense kernel, so a token's output does not depend on its expert's row count."""
-        self.matmul_into = kernel_into(kernel)
+        dense kernel, so a token's output does not depend on its expert's row count (W8A8
+        experts are row-wise already and keep theirs)."""
+        if self.quant_method is None:
+            self.matmul_into = kernel_into(kernel)
+        self.platform_kernels = None
 
     def forward(self, hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """sum_k w_k * expert_k(hidden) per token: (T, H) in hidden's dtype, summed over
@@ -112,9 +130,16 @@ class FusedMoE(nn.Module):
             raise ValueError(f"{self.prefix or 'FusedMoE'}: hidden must be (T, "
                              f"{self.hidden_size}) with router_logits (T, {self.num_experts}), "
                              f"got {tuple(hidden.shape)} and {tuple(router_logits.shape)}")
-        weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
-        out = run_experts(hidden, self.w13_weight, self.w2_weight, weights, ids,
-                          self.matmul_into)  # (T, H) float32
+        kernels = self.platform_kernels
+        if kernels is None or self.quant_method is not None:
+            weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
+            w13, w2 = (self.w13_weight, self.w2_weight) if self.quant_method is None \
+                else self.quant_method.expert_weights(self)
+            out = run_experts(hidden, w13, w2, weights, ids, self.matmul_into)  # (T, H) float32
+        else:
+            weights, ids = kernels.route(self.routing, router_logits,
+                                         self.e_score_correction_bias)
+            out = kernels.experts(hidden, self.w13_weight, self.w2_weight, weights, ids)
         if self.reduce_results:
             out = tensor_model_parallel_all_reduce(out)
         return out.to(hidden.dtype)

@@ -1,11 +1,14 @@
 """W8A8 linear arithmetic: int8 weights times int8 activations, int32 sums, float32 scales.
 
-This module is the one interface the W8A8 layers call. The functions here are the exact
-reference (float64 sums of int8 products are exact); platform kernels replace the body of
-`w8a8_dynamic_linear` / `w8a8_static_linear` with faster code giving the same bits:
+This module is the one interface the W8A8 layers call. `w8a8_dynamic_linear` and
+`w8a8_static_linear` run the platform's kernels (`current_platform.w8a8_kernels()`: the CPU's
+vllm._C int8 GEMM, torch_npu's quant ops) and fall back to the `*_reference` functions here,
+the exact arithmetic every kernel must reproduce bit for bit (float64 sums of int8 products
+are exact):
     dynamic: out[t, n] = (float32(acc[t, n]) * x_scale[t]) * w_scale[n] (+ bias[n])
     static:  out[t, n] = float32(acc[t, n] + quant_bias[n]) * deq_scale[n]
 where acc = x_q @ w_q.T in int32, all float32 products evaluated left to right."""
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +30,15 @@ class Int8Weight:
         return self.qweight.shape[0]
 
 
+@dataclass
+class Int8Experts:
+    """A MoE layer's int8 expert weights (E, out_features, in_features) and their
+    per-expert, per-output-channel float32 scales; platforms may add a packed copy."""
+    qweight: torch.Tensor  # (E, N, K) int8
+    scale: torch.Tensor  # (E, N) float32
+    packed: Optional[object] = None
+
+
 def dynamic_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8: scale = amax / 127 (1.0 for an all-zero row), values
     rounded half to even. (T, K) float -> (T, K) int8, (T,) float32."""
@@ -42,9 +54,58 @@ def int8_matmul(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     return (x_q.double() @ w_q.double().T).to(torch.int32)  # (T, N)
 
 
+class W8A8Kernels:
+    """A platform's W8A8 kernels. Each linear returns None where it does not take these
+    arguments (the reference then runs); `pack` makes the form its kernels read, once per
+    weight (stored in Int8Weight.packed)."""
+
+    def pack(self, weight: Int8Weight) -> object:
+        raise NotImplementedError
+
+    def packed(self, weight: Int8Weight) -> object:
+        """weight.packed, packed now if it was not at load."""
+        if weight.packed is None:
+            weight.packed = self.pack(weight)
+        return weight.packed
+
+    def dynamic_linear(self, x: torch.Tensor, weight: Int8Weight,
+                       bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None
+
+    def static_linear(self, x: torch.Tensor, weight: Int8Weight, input_scale: torch.Tensor,
+                      input_offset: torch.Tensor, quant_bias: torch.Tensor,
+                      deq_scale: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def grouped_dynamic_linear(self, x: torch.Tensor, experts: Int8Experts,
+                               group_sizes: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def platform_kernels() -> Optional[W8A8Kernels]:
+    """This process's W8A8 kernels, or None (the references run)."""
+    from vllm.platforms import current_platform
+    return current_platform.w8a8_kernels()
+
+
+def pack_int8_weight(weight: Int8Weight) -> Int8Weight:
+    """Packs `weight` for the platform's kernels (at load; else on its first use)."""
+    kernels = platform_kernels()
+    weight.packed = None if kernels is None else kernels.pack(weight)
+    return weight
+
+
 def w8a8_dynamic_linear(x: torch.Tensor, weight: Int8Weight,
                         bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """W8A8_DYNAMIC: (T, K) float -> (T, N) in x's dtype."""
+    kernels = platform_kernels()
+    out = None if kernels is None else kernels.dynamic_linear(x, weight, bias)
+    return w8a8_dynamic_linear_reference(x, weight, bias) if out is None else out
+
+
+def w8a8_dynamic_linear_reference(x: torch.Tensor, weight: Int8Weight,
+                                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     x_q, x_scale = dynamic_quant(x)
     acc = int8_matmul(x_q, weight.qweight).float()  # (T, N)
     out = acc * x_scale[:, None] * weight.scale[None, :]  # (T, N)
@@ -65,6 +126,40 @@ def w8a8_static_linear(x: torch.Tensor, weight: Int8Weight, input_scale: torch.T
                        deq_scale: torch.Tensor) -> torch.Tensor:
     """W8A8 (static): (T, K) float -> (T, N) in x's dtype; quant_bias (N,) int32 and
     deq_scale (N,) float32 as the checkpoint stores them (after decoding)."""
+    kernels = platform_kernels()
+    args = (x, weight, input_scale, input_offset, quant_bias, deq_scale)
+    out = None if kernels is None else kernels.static_linear(*args)
+    return w8a8_static_linear_reference(*args) if out is None else out
+
+
+def w8a8_static_linear_reference(x: torch.Tensor, weight: Int8Weight,
+                                 input_scale: torch.Tensor, input_offset: torch.Tensor,
+                                 quant_bias: torch.Tensor,
+                                 deq_scale: torch.Tensor) -> torch.Tensor:
     x_q = static_quant(x, input_scale, input_offset)  # (T, K)
     acc = int8_matmul(x_q, weight.qweight) + quant_bias.to(torch.int32)  # (T, N)
     return (acc.float() * deq_scale.float()[None, :]).to(x.dtype)
+
+
+def w8a8_grouped_dynamic_linear(x: torch.Tensor, experts: Int8Experts,
+                                group_sizes: torch.Tensor) -> torch.Tensor:
+    """W8A8_DYNAMIC experts: rows of x (T, K) sorted by expert, group_sizes (E,) rows each
+    -> (T, N) in x's dtype, each row through its expert."""
+    kernels = platform_kernels()
+    out = None if kernels is None else kernels.grouped_dynamic_linear(x, experts, group_sizes)
+    return _per_expert(x, experts, group_sizes, w8a8_dynamic_linear) if out is None else out
+
+
+def w8a8_grouped_dynamic_linear_reference(x: torch.Tensor, experts: Int8Experts,
+                                          group_sizes: torch.Tensor) -> torch.Tensor:
+    return _per_expert(x, experts, group_sizes, w8a8_dynamic_linear_reference)
+
+
+def _per_expert(x, experts: Int8Experts, group_sizes: torch.Tensor, linear) -> torch.Tensor:
+    out = x.new_empty(x.shape[0], experts.qweight.shape[1])  # (T, N)
+    start = 0
+    for e, rows in enumerate(group_sizes.tolist()):
+        weight = Int8Weight(experts.qweight[e], experts.scale[e])
+        out[start:start + rows] = linear(x[start:start + rows], weight)
+        start += rows
+    return out
