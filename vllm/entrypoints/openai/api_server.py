@@ -231,7 +231,7 @@ async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket)
     on the way out."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     names = args.served_model_name or [vllm_config.model_config.served_model_name]
-    metrics = ServerMetrics(names[0])
+    metrics = ServerMetrics(names[0], vllm_config.parallel_config.data_parallel_size)
     engine = None
     try:
         engine = await AsyncLLM.from_vllm_config(
