@@ -79,7 +79,7 @@ class EngineCoreClient:
         if self.process is None:
             return
         self.process.start()
-        logger.info("engine core process started (pid %d)", self.process.pid)
+        logger.info("%s process started (pid %d)", self.name, self.process.pid)
 
     async def wait_ready(self) -> EngineReady:
         """Wait for READY; raise EngineStartError if the process fails or dies first."""
