@@ -54,3 +54,42 @@ def engine_core_pids(log: str) -> dict[int, int]:
     found = re.findall(r"data-parallel rank (\d+)'s engine core process started \(pid (\d+)\)",
                        log)
     return {int(rank): int(pid) for rank, pid in found}
+
+
+class HeadlessNode:
+    """`vllm serve --headless` as a subprocess; stopped by PID with everything it started."""
+
+    def __init__(self, args: list[str], env: dict):
+        import os
+        import subprocess
+        import tempfile
+        from remote_server import REPO_ROOT, serve_command
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="vllm-headless-", suffix=".log",
+                                               delete=False)
+        self.proc = subprocess.Popen(serve_command(*args, "--headless"), stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                     env={**os.environ, **env})
+
+    def read_log(self) -> str:
+        with open(self.log.name) as handle:
+            return handle.read()[-20000:]
+
+    def close(self) -> None:
+        import os
+        import signal
+        import psutil
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
+        for child in children:
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                os.kill(child.pid, signal.SIGKILL)
+        os.unlink(self.log.name)

@@ -84,10 +84,11 @@ class AsyncLLM:
 
     @classmethod
     async def from_vllm_config(cls, vllm_config, log_requests: bool = False,
-                               stat_logger: Optional[StatLogger] = None) -> "AsyncLLM":
-        """Start the engine process and load the tokenizer meanwhile; EngineStartError if the
-        engine cannot start."""
-        client = make_engine_client(vllm_config)
+                               stat_logger: Optional[StatLogger] = None,
+                               client=None) -> "AsyncLLM":
+        """Start the engine process (or use `client`, not started yet) and load the
+        tokenizer meanwhile; EngineStartError if the engine cannot start."""
+        client = client or make_engine_client(vllm_config)
         client.start()
         try:
             model_config = vllm_config.model_config

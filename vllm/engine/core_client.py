@@ -46,19 +46,26 @@ class EngineCoreClient:
     """
 
     def __init__(self, vllm_config, executor_cls=None, host: Optional[str] = None,
-                 spawn: bool = True, name: str = "the engine core"):
+                 spawn: bool = True, name: str = "the engine core",
+                 addresses: Optional[tuple[str, str]] = None, stops_engine: bool = True):
         """`host`: bind TCP sockets there (free ports) instead of IPC ones, for an engine
-        core on another node; `spawn=False`: that node starts the process, and only its
-        DEAD message (sent by its launcher when it dies) says it is gone."""
+        core on another node; `addresses`: bind exactly these (input, output) ones.
+        `spawn=False`: another process starts the engine core, and only a DEAD message
+        (its launcher sends one when it dies) says it is gone. `stops_engine=False`:
+        shutdown leaves the engine core to its launcher (it serves other front ends)."""
         self.name = name
+        self.stops_engine = stops_engine
         self._ipc_dir = tempfile.mkdtemp(prefix="vllm-engine-")
+        input_at, output_at = addresses or (None, None)
         self.context = zmq.asyncio.Context()
         self.input_socket = zmq.Socket(self.context, zmq.PUSH)
         self.input_socket.setsockopt(zmq.SNDHWM, 0)
-        self.input_address = _bind(self.input_socket, host, f"{self._ipc_dir}/input")
+        self.input_address = _bind(self.input_socket, host, f"{self._ipc_dir}/input",
+                                   input_at)
         self.output_socket = self.context.socket(zmq.PULL)
         self.output_socket.setsockopt(zmq.RCVHWM, 0)
-        self.output_address = _bind(self.output_socket, host, f"{self._ipc_dir}/output")
+        self.output_address = _bind(self.output_socket, host, f"{self._ipc_dir}/output",
+                                    output_at)
         self.encoder = msgspec.msgpack.Encoder()
         self.outputs_decoder = msgspec.msgpack.Decoder(EngineCoreOutputs)
         self.process = None
@@ -125,7 +132,8 @@ class EngineCoreClient:
         try:
             self._stop_watching()
             if self.process is None:
-                self._ask_to_stop()  # its node's launcher sees it exit
+                if self.stops_engine:
+                    self._ask_to_stop()  # its launcher sees it exit
             elif self.process.pid is not None:
                 self._ask_to_stop()
                 self._join_or_kill(timeout)
@@ -235,9 +243,13 @@ class EngineCoreClient:
         return self.dead_error
 
 
-def _bind(socket: zmq.Socket, host: Optional[str], ipc_path: str) -> str:
-    """Bind to ipc_path, or to a free TCP port of `host`; the address peers connect to."""
-    if host is None:
+def _bind(socket: zmq.Socket, host: Optional[str], ipc_path: str,
+          address: Optional[str] = None) -> str:
+    """Bind to `address`, else to ipc_path, or to a free TCP port of `host`; the address
+    peers connect to."""
+    if address is not None:
+        socket.bind(address)
+    elif host is None:
         socket.bind(f"ipc://{ipc_path}")
     else:
         refuse_wildcard(host)

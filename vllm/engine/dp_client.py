@@ -5,6 +5,8 @@ from typing import Optional
 
 from vllm.core.messages import EngineCoreOutputs, EngineCoreRequest, EngineReady
 from vllm.engine.core_client import EngineCoreClient, EngineDeadError
+from vllm.engine.core_launcher import RankAddresses
+from vllm.engine.dp_handshake import HeadListener, RankEndpoint
 from vllm.engine.dp_ranks import rank_config
 from vllm.logger import init_logger
 
@@ -15,11 +17,12 @@ def rank_name(rank: int) -> str:
     return f"data-parallel rank {rank}'s engine core"
 
 
-def make_engine_client(vllm_config, executor_cls=None):
-    """EngineCoreClient for one engine core, DPEngineClient for several."""
-    if vllm_config.parallel_config.data_parallel_size == 1:
+def make_engine_client(vllm_config, executor_cls=None, client_index: int = 0,
+                       attach: Optional[dict[int, RankAddresses]] = None):
+    """EngineCoreClient for one engine core of its own, else DPEngineClient."""
+    if vllm_config.parallel_config.data_parallel_size == 1 and attach is None:
         return EngineCoreClient(vllm_config, executor_cls)
-    return DPEngineClient(vllm_config, executor_cls)
+    return DPEngineClient(vllm_config, executor_cls, client_index, attach)
 
 
 class RankLoads:
@@ -43,27 +46,62 @@ class DPEngineClient:
     """The EngineCoreClient interface over data_parallel_size engine cores.
 
     Local ranks are spawned here; remote ones (headless nodes) connect to TCP sockets
-    bound on the data-parallel address. The instance is dead as soon as one rank is.
+    bound on the data-parallel address, which a HeadListener hands them when they join.
+    The instance is dead as soon as one rank is.
     """
 
-    def __init__(self, vllm_config, executor_cls=None, client_index: int = 0):
+    def __init__(self, vllm_config, executor_cls=None, client_index: int = 0,
+                 attach: Optional[dict[int, RankAddresses]] = None):
+        """`attach`: the engine cores are started by another process (one of several API
+        servers: `client_index` is ours), bind these addresses."""
         parallel = vllm_config.parallel_config
-        local = parallel.local_dp_ranks
-        remote_host = parallel.data_parallel_address
         self.client_index = client_index
-        self.ranks = [EngineCoreClient(rank_config(vllm_config, rank), executor_cls,
-                                       host=None if rank in local else remote_host,
-                                       spawn=rank in local, name=rank_name(rank))
-                      for rank in range(parallel.data_parallel_size)]
+        if attach is None:
+            self.ranks = [self._own_rank(vllm_config, executor_cls, rank)
+                          for rank in range(parallel.data_parallel_size)]
+        else:
+            self.ranks = [self._attached_rank(attach[rank], client_index,
+                                              rank in parallel.remote_dp_ranks)
+                          for rank in range(parallel.data_parallel_size)]
+        self.head_listener = None
+        if parallel.remote_dp_ranks and attach is None:
+            try:
+                self.head_listener = HeadListener(vllm_config, {
+                    rank: RankEndpoint(rank, [self.ranks[rank].input_address],
+                                       [self.ranks[rank].output_address])
+                    for rank in parallel.remote_dp_ranks})
+            except OSError:
+                for rank in self.ranks:
+                    rank.shutdown()
+                raise
         self.loads = RankLoads(len(self.ranks))
         self.rank_of: dict[str, int] = {}  # unfinished request id -> its rank
         self.dead_error: Optional[EngineDeadError] = None
         self._receiving: dict[asyncio.Future, int] = {}
 
+    @staticmethod
+    def _own_rank(vllm_config, executor_cls, rank: int) -> EngineCoreClient:
+        parallel = vllm_config.parallel_config
+        local = rank in parallel.local_dp_ranks
+        return EngineCoreClient(rank_config(vllm_config, rank), executor_cls,
+                                host=None if local else parallel.data_parallel_address,
+                                spawn=local, name=rank_name(rank))
+
+    @staticmethod
+    def _attached_rank(addresses: RankAddresses, client_index: int,
+                       remote: bool) -> EngineCoreClient:
+        # The launcher stops local engine cores; the first API server stops remote ones.
+        bound = (addresses.input_addresses[client_index],
+                 addresses.output_addresses[client_index])
+        return EngineCoreClient(None, spawn=False, name=rank_name(addresses.rank),
+                                addresses=bound, stops_engine=remote and client_index == 0)
+
     # ---- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         for rank in self.ranks:
             rank.start()
+        if self.head_listener is not None:
+            self.head_listener.start()
 
     async def wait_ready(self) -> list[EngineReady]:
         """Every rank's READY; EngineStartError (naming the rank) if one fails first."""
@@ -73,6 +111,12 @@ class DPEngineClient:
         finally:
             for wait in waits:
                 wait.cancel()
+            self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        if self.head_listener is not None:
+            self.head_listener.close()
+            self.head_listener = None
 
     @property
     def is_alive(self) -> bool:
@@ -85,6 +129,7 @@ class DPEngineClient:
             rank.check_health()
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop_listening()
         for receiving in self._receiving:
             receiving.cancel()
         for rank in self.ranks:

@@ -1,10 +1,14 @@
 """Prometheus metrics with vLLM's names, fed by AsyncLLM (it is a StatLogger)."""
+import os
 from typing import Optional
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, disable_created_metrics, generate_latest)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from vllm.core.messages import SchedulerStats
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set before prometheus_client is imported
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -93,4 +97,10 @@ class ServerMetrics:
         self._success.labels(self._model_name, str(engine), finish_reason).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's series, or with several API servers (PROMETHEUS_MULTIPROC_DIR)
+        every server's, counters summed."""
+        if MULTIPROC_DIR_ENV not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
