@@ -10,7 +10,7 @@ import time
 import pytest
 
 from test_core_client import (FakeExecutor, collect_until, engine_request, finished_ids,
-                              make_config)
+                              make_config, wait_started)
 from vllm.core.messages import EngineCoreOutputs
 from vllm.engine.core_client import EngineDeadError, EngineStartError
 from vllm.engine.dp_client import DPEngineClient, RankLoads
@@ -24,14 +24,7 @@ def dp_config(size: int = 2, step_sleep: float = 0.0):
 
 
 async def started(size: int = 2, step_sleep: float = 0.0) -> DPEngineClient:
-    client = DPEngineClient(dp_config(size, step_sleep), FakeExecutor)
-    client.start()
-    try:
-        await asyncio.wait_for(client.wait_ready(), 120)
-    except BaseException:
-        client.shutdown()
-        raise
-    return client
+    return await wait_started(DPEngineClient(dp_config(size, step_sleep), FakeExecutor))
 
 
 def engines_of(batches: list[EngineCoreOutputs]) -> dict[str, int]:

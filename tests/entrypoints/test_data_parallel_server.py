@@ -1,6 +1,5 @@
 """`vllm serve --data-parallel-size 2` on one host: the tokens of one engine, requests
 spread over both ranks, an abort on rank 1, and a killed rank failing the instance."""
-import json
 import os
 import signal
 import time
