@@ -119,7 +119,7 @@ class EngineCoreClient:
         if self.dead_error is not None:
             raise self.dead_error
         if not self.is_alive:
-            raise EngineDeadError(f"{self.name} process is not running")
+            raise self._mark_dead(self._died_message())
 
     def _exitcode(self) -> Optional[int]:
         return None if self.process is None else self.process.exitcode
@@ -233,8 +233,11 @@ class EngineCoreClient:
         if self._pending_recv.done():
             frames, self._pending_recv = self._pending_recv.result(), None
             return frames[0], frames[1]
-        raise self._mark_dead(f"{self.name} process died unexpectedly (exit code "
-                              f"{self._exitcode()}); restart the server")
+        raise self._mark_dead(self._died_message())
+
+    def _died_message(self) -> str:
+        return (f"{self.name} process died unexpectedly (exit code {self._exitcode()}); "
+                "restart the server")
 
     def _mark_dead(self, message: str) -> EngineDeadError:
         if self.dead_error is None:
