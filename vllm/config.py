@@ -5,6 +5,7 @@ from typing import Any, Optional
 import torch
 
 from vllm import kv_shape
+from vllm.distributed.network import DEFAULT_DP_RPC_PORT, LOOPBACK
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
@@ -95,6 +96,26 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     distributed_executor_backend: Optional[str] = None
+    # Data parallel (vLLM's names): data_parallel_size engine cores, each with its own
+    # tensor-parallel group and KV cache; this process hosts ranks [start_rank, start_rank
+    # + size_local). The head (start_rank 0) listens for headless ones on address:rpc_port.
+    data_parallel_size: int = 1
+    data_parallel_size_local: int = 1
+    data_parallel_start_rank: int = 0
+    data_parallel_address: str = LOOPBACK
+    data_parallel_rpc_port: int = DEFAULT_DP_RPC_PORT
+    data_parallel_rank: int = 0  # the rank of the engine core holding this config
+    data_parallel_rank_local: int = 0  # its index among this host's engine cores
+
+    @property
+    def local_dp_ranks(self) -> range:
+        return range(self.data_parallel_start_rank,
+                     self.data_parallel_start_rank + self.data_parallel_size_local)
+
+    @property
+    def remote_dp_ranks(self) -> list[int]:
+        """The ranks a head waits for headless nodes to bring."""
+        return [r for r in range(self.data_parallel_size) if r not in self.local_dp_ranks]
 
 
 @dataclass

@@ -88,7 +88,11 @@ def engine_request(request_id: str, prompt: list[int], **params) -> EngineCoreRe
 
 
 async def started_client(executor=FakeExecutor, step_sleep: float = 0.0) -> EngineCoreClient:
-    client = EngineCoreClient(make_config(step_sleep), executor)
+    return await wait_started(EngineCoreClient(make_config(step_sleep), executor))
+
+
+async def wait_started(client):
+    """Start a client (one engine core or several) and wait until it is ready."""
     client.start()
     try:
         await asyncio.wait_for(client.wait_ready(), 120)

@@ -78,21 +78,56 @@ def test_prefix_caching_switches_and_model_flag():
         engine_args_from_cli(parse("/a --model /b"))
 
 
-@pytest.mark.parametrize("flags, named", [
-    ("--data-parallel-size 2", "--data-parallel-size 2"),
-    ("--data-parallel-size-local 2", "--data-parallel-size-local"),
-    ("--data-parallel-start-rank 1", "--data-parallel-start-rank"),
-    ("--data-parallel-address 10.0.0.1", "--data-parallel-address"),
-    ("--data-parallel-rpc-port 13356", "--data-parallel-rpc-port"),
-    ("--api-server-count 2", "--api-server-count 2"),
-    ("--headless", "--headless"),
+@pytest.mark.parametrize("flags, message", [
+    ("--data-parallel-size 2 --data-parallel-backend ray",
+     "--data-parallel-backend ray: Ray data parallelism is not supported yet (use mp)"),
+    ("--data-parallel-size 2 --enable-expert-parallel",
+     "--enable-expert-parallel: expert parallelism across data-parallel ranks is not "
+     "supported yet with --data-parallel-size > 1"),
+    (f"--data-parallel-size 2 --kv-transfer-config '{KV_PRODUCER}'",
+     "--kv-transfer-config: disaggregated prefill/decode is not supported yet with "
+     "--data-parallel-size > 1"),
+    ("--data-parallel-size-local 2",
+     "--data-parallel-size-local 2: only makes sense with --data-parallel-size > 1"),
+    ("--data-parallel-start-rank 1",
+     "--data-parallel-start-rank 1: only makes sense with --data-parallel-size > 1"),
+    ("--headless", "--headless: only makes sense with --data-parallel-size > 1"),
+    ("--data-parallel-size 2 --data-parallel-start-rank 1",
+     "--data-parallel-start-rank 1: only a --headless node starts above rank 0"),
+    ("--data-parallel-size 2 --headless --data-parallel-start-rank 1 --api-server-count 2",
+     "--api-server-count 2: a --headless node runs no API server"),
 ])
-def test_unbuilt_features_are_refused_by_name(flags, named):
+def test_unbuilt_or_contradictory_parallel_flags_are_refused_by_name(flags, message):
     with pytest.raises(ServeArgumentError) as info:
         engine_args_from_cli(parse(flags))
-    message = str(info.value)
-    assert message.startswith(named) and "not supported yet" in message
-    assert "\n" not in message
+    assert str(info.value) == message
+
+
+def test_data_parallel_flags_reach_engine_args():
+    args = parse("--data-parallel-size 4 --data-parallel-size-local 2 --headless "
+                 "--data-parallel-start-rank 2 --data-parallel-address 10.0.0.1 "
+                 "--data-parallel-rpc-port 13356")
+    engine_args = engine_args_from_cli(args)
+    assert (engine_args.data_parallel_size, engine_args.data_parallel_size_local,
+            engine_args.data_parallel_start_rank, engine_args.data_parallel_address,
+            engine_args.data_parallel_rpc_port) == (4, 2, 2, "10.0.0.1", 13356)
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"data_parallel_size": 2, "data_parallel_start_rank": 2},
+     "data_parallel_start_rank=2 is not a rank of data_parallel_size=2"),
+    ({"data_parallel_size": 2, "data_parallel_size_local": 3},
+     "data_parallel_start_rank=0 + data_parallel_size_local=3 runs past"),
+    ({"data_parallel_size": 2, "data_parallel_size_local": 1,
+      "data_parallel_address": "0.0.0.0"}, "data_parallel_address='0.0.0.0' is every"),
+    ({"data_parallel_size": 2, "data_parallel_rpc_port": 70000},
+     "data_parallel_rpc_port=70000 is not a port number"),
+])
+def test_data_parallel_layouts_are_checked(fields, fragment):
+    from vllm.config import ConfigError
+    from vllm.engine.arg_utils import EngineArgs
+    with pytest.raises(ConfigError, match=fragment.replace("+", r"\+").replace("(", r"\(")):
+        EngineArgs(**fields)._validate_scalars()
 
 
 def test_no_op_parallel_defaults_are_accepted():
@@ -150,8 +185,8 @@ def run_serve(command_line: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command_line, named", [
-    (SEED_PREFILL_P1, "--data-parallel-size 2"),
-    (SEED_DECODE_D2, "--data-parallel-size 4"),
+    (SEED_PREFILL_P1, "--enable-expert-parallel: expert parallelism across data-parallel"),
+    (SEED_DECODE_D2, "--enable-expert-parallel: expert parallelism across data-parallel"),
     ("--kv-transfer-config '{oops'", "--kv-transfer-config: malformed JSON"),
     ("--max-model-len 0", "--max-model-len must be a positive integer"),
     ("--tensor-parallel-size 8", "3 KV heads cannot be spread over --tensor-parallel-size=8"),

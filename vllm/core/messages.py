@@ -1,6 +1,8 @@
 """What crosses the boundary between a front end and an engine core, as msgspec structs.
 
 Every ZMQ message is two frames: a one-byte tag, then a msgspec-msgpack payload.
+An engine core may serve several front ends (`--api-server-count`): it pulls from all of
+them and sends each one the outputs of its own requests (`client_index`) and the stats.
 
   front end -> engine core (PUSH -> PULL, "input")
     ADD       EngineCoreRequest     built once by the front end's Processor
@@ -43,6 +45,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
     sampling_params: SamplingParams
     arrival_time: float
     kv_transfer_params: Optional[dict[str, Any]] = None
+    client_index: int = 0  # which front end (API server) the outputs go back to
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -79,6 +82,7 @@ class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
     # request id -> why the step computing it raised (the engine went on without it).
     errored: dict[str, str] = {}
     timestamp: float = 0.0
+    engine_index: int = 0  # the data-parallel rank of the engine core that sent it
 
 
 class EngineReady(msgspec.Struct):

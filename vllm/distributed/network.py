@@ -9,6 +9,7 @@ from typing import Optional
 HOST_IP_ENV = "VLLM_HOST_IP"
 SERVE_HOST_ENV = "VLLM_SERVE_HOST"  # `vllm serve --host`, for the processes it spawns
 LOOPBACK = "127.0.0.1"
+DEFAULT_DP_RPC_PORT = 29550  # vLLM's default --data-parallel-rpc-port (the head listens)
 WILDCARDS = ("", "0.0.0.0", "::", "*")
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vllm.batch_invariant import batch_invariant_requested
+from vllm.distributed.network import (DEFAULT_DP_RPC_PORT, LOOPBACK, is_wildcard,
+                                      numeric_address)
 from vllm.config import (CacheConfig, ConfigError, ModelConfig, ParallelConfig,
                          SchedulerConfig, VllmConfig, resolve_dtype)
 
@@ -33,6 +35,11 @@ class EngineArgs:
     num_gpu_blocks_override: Optional[int] = None
     tensor_parallel_size: int = 1
     distributed_executor_backend: Optional[str] = None
+    data_parallel_size: int = 1
+    data_parallel_size_local: Optional[int] = None  # default: every rank from the start
+    data_parallel_start_rank: int = 0
+    data_parallel_address: str = LOOPBACK
+    data_parallel_rpc_port: int = DEFAULT_DP_RPC_PORT
     enforce_eager: bool = False
     generation_config: str = "auto"  # auto | vllm | a folder with generation_config.json
     kv_transfer_config: Optional[Any] = None
@@ -81,8 +88,13 @@ class EngineArgs:
             batched = max(batched, max_model_len)
         scheduler_config = SchedulerConfig(self.max_num_seqs, batched, max_model_len,
                                            self.enable_chunked_prefill)
-        parallel_config = ParallelConfig(self.tensor_parallel_size,
-                                         self.distributed_executor_backend)
+        parallel_config = ParallelConfig(
+            self.tensor_parallel_size, self.distributed_executor_backend,
+            data_parallel_size=self.data_parallel_size,
+            data_parallel_size_local=self._data_parallel_size_local(),
+            data_parallel_start_rank=self.data_parallel_start_rank,
+            data_parallel_address=numeric_address(self.data_parallel_address),
+            data_parallel_rpc_port=self.data_parallel_rpc_port)
         return VllmConfig(model_config, cache_config, scheduler_config, parallel_config,
                           _kv_transfer_config(self.kv_transfer_config),
                           dict(self.additional_config or {}))
@@ -107,6 +119,34 @@ class EngineArgs:
                               f"tensor_parallel_size={self.tensor_parallel_size}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        self._validate_data_parallel()
+
+    def _data_parallel_size_local(self) -> int:
+        if self.data_parallel_size_local is not None:
+            return self.data_parallel_size_local
+        return self.data_parallel_size - self.data_parallel_start_rank
+
+    def _validate_data_parallel(self) -> None:
+        size, start = self.data_parallel_size, self.data_parallel_start_rank
+        _positive("data_parallel_size", size)
+        _positive("data_parallel_size_local", self.data_parallel_size_local, optional=True)
+        if not isinstance(start, int) or not 0 <= start < size:
+            raise ConfigError(f"data_parallel_start_rank={start!r} is not a rank of "
+                              f"data_parallel_size={size}")
+        local = self._data_parallel_size_local()
+        if start + local > size:
+            raise ConfigError(f"data_parallel_start_rank={start} + data_parallel_size_local="
+                              f"{local} runs past data_parallel_size={size}")
+        if not 1 <= self.data_parallel_rpc_port <= 65535:
+            raise ConfigError(f"data_parallel_rpc_port={self.data_parallel_rpc_port} is not "
+                              "a port number")
+        if local < size:
+            refuse_wildcard_as_config_error("data_parallel_address", self.data_parallel_address)
+
+
+def refuse_wildcard_as_config_error(name: str, host: str) -> None:
+    if is_wildcard(host):
+        raise ConfigError(f"{name}={host!r} is every interface: give the head's own address")
 
 
 def _positive(name: str, value, optional: bool = False) -> None:

@@ -9,6 +9,7 @@ from vllm.core.messages import (EngineCoreOutput, EngineCoreOutputs, EngineCoreR
                                 SchedulerStats)
 from vllm.engine.admission import admit, prepare
 from vllm.engine.core_client import EngineCoreClient, EngineDeadError, KVTransferError
+from vllm.engine.dp_client import make_engine_client
 from vllm.engine.output_processor import OutputKind, OutputProcessor
 from vllm.engine.processor import InvalidRequestError, ParsedPrompt, Processor, PromptType
 from vllm.logger import init_logger
@@ -20,16 +21,18 @@ logger = init_logger(__name__)
 
 
 class StatLogger(Protocol):
-    """Receives what the API server's metrics need; every method must be cheap."""
+    """Receives what the API server's metrics need; every method must be cheap. `engine`
+    is the data-parallel rank whose engine core ran the request (0 without DP)."""
 
-    def record_scheduler_stats(self, stats: SchedulerStats) -> None: ...
+    def record_scheduler_stats(self, stats: SchedulerStats, engine: int) -> None: ...
 
-    def record_first_token(self, num_prompt_tokens: int, time_to_first_token: float) -> None: ...
+    def record_first_token(self, num_prompt_tokens: int, time_to_first_token: float,
+                           engine: int) -> None: ...
 
-    def record_generation_tokens(self, num_tokens: int) -> None: ...
+    def record_generation_tokens(self, num_tokens: int, engine: int) -> None: ...
 
     def record_finished(self, e2e_latency: float, time_per_output_token: Optional[float],
-                        finish_reason: str) -> None: ...
+                        finish_reason: str, engine: int) -> None: ...
 
 
 @dataclass
@@ -81,10 +84,11 @@ class AsyncLLM:
 
     @classmethod
     async def from_vllm_config(cls, vllm_config, log_requests: bool = False,
-                               stat_logger: Optional[StatLogger] = None) -> "AsyncLLM":
-        """Start the engine process and load the tokenizer meanwhile; EngineStartError if the
-        engine cannot start."""
-        client = EngineCoreClient(vllm_config)
+                               stat_logger: Optional[StatLogger] = None,
+                               client=None) -> "AsyncLLM":
+        """Start the engine process (or use `client`, not started yet) and load the
+        tokenizer meanwhile; EngineStartError if the engine cannot start."""
+        client = client or make_engine_client(vllm_config)
         client.start()
         try:
             model_config = vllm_config.model_config
@@ -105,10 +109,7 @@ class AsyncLLM:
     def check_health(self) -> None:
         if self._draining:
             raise EngineDeadError("the server is shutting down")
-        if self.client.dead_error is not None:
-            raise self.client.dead_error
-        if not self.client.process.is_alive():
-            raise EngineDeadError("the engine core process is not running")
+        self.client.check_health()
 
     # ---- requests ------------------------------------------------------------------------
     def generate(self, prompt: PromptType | ParsedPrompt, sampling_params: SamplingParams,
@@ -189,23 +190,24 @@ class AsyncLLM:
                 self._fail_batch(batch, error)
 
     def _handle_outputs(self, batch: EngineCoreOutputs) -> None:
+        engine = batch.engine_index
         if batch.scheduler_stats is not None:
             self.latest_stats = batch.scheduler_stats
             if self.stat_logger is not None:
-                self.stat_logger.record_scheduler_stats(batch.scheduler_stats)
+                self.stat_logger.record_scheduler_stats(batch.scheduler_stats, engine)
         for child_id, message in batch.rejected.items():
             self._fail_request(child_id, InvalidRequestError(message))
         for child_id, message in batch.failed.items():
             self._fail_request(child_id, KVTransferError(message))
         for child_id, message in batch.errored.items():
             self._fail_request(child_id, RuntimeError(message))
-        self._record_tokens(batch.outputs)
+        self._record_tokens(batch.outputs, engine)
         request_outputs, stopped = self.output_processor.process_outputs(batch.outputs)
         if stopped:
             self.client.abort_requests(stopped)
         finished = {o.request_id: o.finish_reason for o in batch.outputs if o.finished}
         finished.update((child_id, "stop") for child_id in stopped)
-        self._record_finished(finished)
+        self._record_finished(finished, engine)
         for output in request_outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
@@ -214,7 +216,7 @@ class AsyncLLM:
             if output.finished:
                 self._forget(output.request_id)
 
-    def _record_tokens(self, outputs: list[EngineCoreOutput]) -> None:
+    def _record_tokens(self, outputs: list[EngineCoreOutput], engine: int) -> None:
         now = time.monotonic()
         for output in outputs:
             timing = self._timings.get(output.request_id)
@@ -224,13 +226,13 @@ class AsyncLLM:
                 timing.first_token = now
                 if self.stat_logger is not None:
                     self.stat_logger.record_first_token(timing.num_prompt_tokens,
-                                                        now - timing.arrival)
+                                                        now - timing.arrival, engine)
             timing.last_token = now
             timing.num_tokens += len(output.new_token_ids)
             if self.stat_logger is not None:
-                self.stat_logger.record_generation_tokens(len(output.new_token_ids))
+                self.stat_logger.record_generation_tokens(len(output.new_token_ids), engine)
 
-    def _record_finished(self, finished: dict[str, str]) -> None:
+    def _record_finished(self, finished: dict[str, str], engine: int) -> None:
         if self.stat_logger is None:
             return
         now = time.monotonic()
@@ -241,7 +243,7 @@ class AsyncLLM:
             per_token = None
             if timing.num_tokens > 1:
                 per_token = (timing.last_token - timing.first_token) / (timing.num_tokens - 1)
-            self.stat_logger.record_finished(now - timing.arrival, per_token, reason)
+            self.stat_logger.record_finished(now - timing.arrival, per_token, reason, engine)
 
     def _fail_request(self, child_id: str, error: BaseException) -> None:
         parent_id = self._parent_of.get(child_id)

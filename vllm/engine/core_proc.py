@@ -30,27 +30,41 @@ def _raise_shutdown(signum, frame) -> None:
 class EngineCoreProc:
     """Owns the EngineCore and its sockets inside the engine process."""
 
-    def __init__(self, input_address: str, output_address: str, parent_pid: int):
+    def __init__(self, input_addresses: list[str], output_addresses: list[str],
+                 parent_pid: int):
         self.parent_pid = parent_pid
         self.context = zmq.Context()
         self.input_socket = self.context.socket(zmq.PULL)
-        self.input_socket.connect(input_address)
-        self.output_socket = self.context.socket(zmq.PUSH)
-        self.output_socket.connect(output_address)
+        for address in input_addresses:  # fair-queued over every front end
+            self.input_socket.connect(address)
+        self.output_sockets = []  # one per front end, by client index
+        for address in output_addresses:
+            socket = self.context.socket(zmq.PUSH)
+            socket.setsockopt(zmq.SNDHWM, 0)
+            socket.connect(address)
+            self.output_sockets.append(socket)
         self.encoder = msgspec.msgpack.Encoder()
         self.request_decoder = msgspec.msgpack.Decoder(EngineCoreRequest)
         self.abort_decoder = msgspec.msgpack.Decoder(list[str])
         self.engine_core = None
+        self.engine_index = 0
+        self._client_of: dict[str, int] = {}  # request id -> the front end that sent it
         self._published_free = -1
         self.should_exit = False
         self.rank_failure: Optional[str] = None
 
-    def send(self, tag: bytes, payload: Any = None) -> None:
+    def send(self, tag: bytes, payload: Any = None, client: Optional[int] = None) -> None:
+        """To front end `client`, or to every front end."""
         body = b"" if payload is None else self.encoder.encode(payload)
-        self.output_socket.send_multipart((tag, body), copy=False)
+        sockets = self.output_sockets if client is None else [self.output_sockets[client]]
+        for socket in sockets:
+            socket.send_multipart((tag, body), copy=False)
 
     def start_engine(self, vllm_config, executor_cls=None) -> None:
         from vllm.engine.core import EngineCore
+        from vllm.engine.dp_ranks import pin_rank_ports
+        pin_rank_ports(vllm_config)
+        self.engine_index = vllm_config.parallel_config.data_parallel_rank
         self.engine_core = EngineCore(vllm_config, executor_cls, isolate_step_errors=True)
         register = getattr(self.engine_core.executor, "register_failure_callback", None)
         if register is not None:  # multi-rank executors watch their workers
@@ -115,13 +129,21 @@ class EngineCoreProc:
         if tag == MessageTag.ADD:
             self._add_request(self.request_decoder.decode(body), rejected)
         elif tag == MessageTag.ABORT:
-            self.engine_core.abort_requests(self.abort_decoder.decode(body))
+            request_ids = self.abort_decoder.decode(body)
+            self.engine_core.abort_requests(request_ids)
+            for request_id in request_ids:
+                self._client_of.pop(request_id, None)
         elif tag == MessageTag.SHUTDOWN:
             self.should_exit = True
         elif tag != MessageTag.STATS:
             logger.error("engine core ignores a message with unknown tag %r", tag)
 
     def _add_request(self, message: EngineCoreRequest, rejected: dict[str, str]) -> None:
+        if not 0 <= message.client_index < len(self.output_sockets):
+            logger.error("request %s names front end %d of %d; dropped", message.request_id,
+                         message.client_index, len(self.output_sockets))
+            return
+        self._client_of[message.request_id] = message.client_index
         try:
             self.engine_core.add_engine_request(message)
         except ValueError as error:
@@ -135,12 +157,27 @@ class EngineCoreProc:
         return self.engine_core.kv_cache_manager.get_num_free_blocks() != self._published_free
 
     def _publish(self, outputs: list[EngineCoreOutput], rejected: dict[str, str]) -> None:
+        """Each front end gets its own requests' outputs; every one gets the stats."""
         stats = self.engine_core.get_stats()
         self._published_free = stats.num_free_blocks
-        self.send(MessageTag.OUTPUTS, EngineCoreOutputs(
-            outputs=outputs, scheduler_stats=stats, rejected=rejected,
-            failed=self.engine_core.take_failed(), errored=self.engine_core.take_errored(),
-            timestamp=time.time()))
+        batches = [EngineCoreOutputs(scheduler_stats=stats, timestamp=time.time(),
+                                     engine_index=self.engine_index, outputs=[], rejected={},
+                                     failed={}, errored={})
+                   for _ in self.output_sockets]
+        for output in outputs:
+            batches[self._client(output.request_id, output.finished)].outputs.append(output)
+        for field, reasons in (("rejected", rejected),
+                               ("failed", self.engine_core.take_failed()),
+                               ("errored", self.engine_core.take_errored())):
+            for request_id, reason in reasons.items():
+                getattr(batches[self._client(request_id, True)], field)[request_id] = reason
+        for client, batch in enumerate(batches):
+            self.send(MessageTag.OUTPUTS, batch, client)
+
+    def _client(self, request_id: str, finished: bool) -> int:
+        if finished:
+            return self._client_of.pop(request_id, 0)
+        return self._client_of.get(request_id, 0)
 
     def close(self) -> None:
         if self.engine_core is not None:
@@ -148,17 +185,20 @@ class EngineCoreProc:
                 self.engine_core.shutdown()
             except Exception:
                 logger.exception("engine core shutdown failed")
-        self.output_socket.close(linger=1000)
+        for socket in self.output_sockets:
+            socket.close(linger=1000)
         self.input_socket.close(linger=0)
         self.context.term()
 
 
-def run_engine_core(vllm_config, input_address: str, output_address: str, parent_pid: int,
+def run_engine_core(vllm_config, input_address: str | list[str],
+                    output_address: str | list[str], parent_pid: int,
                     executor_cls=None) -> None:
-    """Entry point of the engine process (started with multiprocessing 'spawn')."""
+    """Entry point of the engine process (started with multiprocessing 'spawn'); one
+    address each, or one per front end (client index order)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API server decides when we stop
     signal.signal(signal.SIGTERM, _raise_shutdown)
-    proc = EngineCoreProc(input_address, output_address, parent_pid)
+    proc = EngineCoreProc(_as_list(input_address), _as_list(output_address), parent_pid)
     exit_code = 0
     try:
         exit_code = _start_and_run(proc, vllm_config, executor_cls)
@@ -190,3 +230,7 @@ def _start_and_run(proc: EngineCoreProc, vllm_config, executor_cls) -> int:
             f"{type(error).__name__}: {error}", False, traceback.format_exc()))
         return 1
     return 0
+
+
+def _as_list(address: str | list[str]) -> list[str]:
+    return [address] if isinstance(address, str) else list(address)

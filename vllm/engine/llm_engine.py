@@ -16,6 +16,9 @@ class LLMEngine:
 
     def __init__(self, engine_args: EngineArgs, usage_context: str = "engine"):
         self.vllm_config = engine_args.create_engine_config(usage_context)
+        if self.vllm_config.parallel_config.data_parallel_size > 1:
+            raise ValueError("data_parallel_size > 1 is served only (vllm serve); the "
+                             "offline engine runs one engine core")
         model_config = self.vllm_config.model_config
         self.tokenizer = get_tokenizer(model_config.tokenizer,
                                        trust_remote_code=model_config.trust_remote_code)

@@ -8,6 +8,7 @@ from typing import Optional
 
 from vllm.config import VllmConfig
 from vllm.distributed.network import internal_host
+from vllm.engine.dp_ranks import local_rank_slot
 from vllm.executor.distributed_executor import DistributedExecutor
 from vllm.executor.rank_launcher import RankLauncher
 from vllm.executor.worker_proc import RankSpec, run_rank
@@ -32,9 +33,9 @@ class ProcessLauncher(RankLauncher):
 
     def launch(self, vllm_config: VllmConfig, template: RankSpec) -> None:
         context = multiprocessing.get_context("spawn")
-        world_size = template.world_size
-        for rank in range(world_size):
-            spec = template._replace(rank=rank, local_rank=rank, local_world_size=world_size,
+        for rank in range(template.world_size):
+            slot, slots = local_rank_slot(vllm_config, rank)  # data-parallel peers too
+            spec = template._replace(rank=rank, local_rank=slot, local_world_size=slots,
                                      parent_pid=os.getpid())
             process = context.Process(target=run_rank_process, args=(vllm_config, spec),
                                       name=f"VllmRank{rank}", daemon=True)

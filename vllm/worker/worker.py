@@ -6,6 +6,7 @@ import torch
 from vllm.config import VllmConfig
 from vllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from vllm.distributed.init import destroy_worker_distributed, init_worker_distributed
+from vllm.engine.dp_ranks import local_rank_slot
 from vllm.worker.thread_binding import bind_rank_threads
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
@@ -34,9 +35,9 @@ class Worker:
         cache_config = self.vllm_config.cache_config
         if cache_config.num_gpu_blocks_override is not None:
             return cache_config.num_gpu_blocks_override
-        budget = current_platform.kv_cache_budget_bytes(
-            cache_config.gpu_memory_utilization,
-            self.vllm_config.parallel_config.tensor_parallel_size)
+        _, ranks_on_host = local_rank_slot(self.vllm_config, 0)  # every DP rank's TP ranks
+        budget = current_platform.kv_cache_budget_bytes(cache_config.gpu_memory_utilization,
+                                                        ranks_on_host)
         return budget // self.model_runner.kv_cache_bytes_per_block()
 
     def initialize_kv_cache(self, num_blocks: int) -> None:

@@ -34,6 +34,8 @@ def main(args: argparse.Namespace) -> int:
 
     remember_serve_host(args.host)  # internal sockets bind there too (or VLLM_HOST_IP)
     engine_args = engine_args_from_cli(args)
+    if args.headless:
+        return _run_headless(args, engine_args)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as error:
@@ -58,14 +60,29 @@ def _engine_config(args: argparse.Namespace, engine_args):
     return vllm_config
 
 
+def _run_headless(args: argparse.Namespace, engine_args) -> int:
+    from vllm.engine.dp_handshake import JoinRefused
+    from vllm.engine.headless import run_headless
+    try:
+        return run_headless(_engine_config(args, engine_args))
+    except JoinRefused as error:
+        raise ServeArgumentError(str(error)) from None
+
+
 def _serve(args: argparse.Namespace, vllm_config, sock) -> int:
     from vllm.engine.core_client import EngineStartError
     from vllm.entrypoints.openai.api_server import run_server
+    if args.api_server_count > 1:
+        from vllm.entrypoints.openai.api_server_pool import run_api_servers
+        return run_api_servers(args, vllm_config, sock)
     try:
         asyncio.run(run_server(args, vllm_config, sock))
     except EngineStartError as error:
         if error.is_config_error:
             raise ServeArgumentError(str(error)) from None
+        print(f"vllm serve: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. the data-parallel RPC port is taken
         print(f"vllm serve: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -226,16 +226,19 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt()
 
 
-async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket) -> None:
+async def run_server(args: argparse.Namespace, vllm_config, sock: socket.socket,
+                     client=None, client_index: int = 0) -> None:
     """Serve on the bound `sock` until SIGINT / SIGTERM; the engine process is always stopped
-    on the way out."""
+    on the way out. `client`: the engine client of API server `client_index` of several."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     names = args.served_model_name or [vllm_config.model_config.served_model_name]
-    metrics = ServerMetrics(names[0])
+    metrics = ServerMetrics(names[0], vllm_config.parallel_config.data_parallel_size)
+    metrics.counts_engine_events = client_index == 0
     engine = None
     try:
         engine = await AsyncLLM.from_vllm_config(
-            vllm_config, log_requests=not args.disable_log_requests, stat_logger=metrics)
+            vllm_config, log_requests=not args.disable_log_requests, stat_logger=metrics,
+            client=client)
         app = build_app(ServerState(engine, names, metrics, api_key=args.api_key,
                                     max_n=args.max_n,
                                     max_request_body_bytes=args.max_request_body_bytes))

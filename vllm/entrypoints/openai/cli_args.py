@@ -9,6 +9,7 @@ import os
 import re
 from typing import Any, Optional
 
+from vllm.distributed.network import DEFAULT_DP_RPC_PORT, LOOPBACK
 from vllm.entrypoints.openai.request_body import DEFAULT_MAX_REQUEST_BODY_BYTES
 from vllm.entrypoints.openai.request_limits import DEFAULT_MAX_N
 from vllm.kv_transfer_params import KV_ROLES
@@ -101,38 +102,68 @@ def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("parallelism")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     group.add_argument("--distributed-executor-backend", default=None)
-    group.add_argument("--data-parallel-size", "-dp", type=int, default=1)
-    group.add_argument("--data-parallel-size-local", "-dpl", type=int, default=None)
-    group.add_argument("--data-parallel-start-rank", "-dpr", type=int, default=None)
-    group.add_argument("--data-parallel-address", "-dpa", default=None)
-    group.add_argument("--data-parallel-rpc-port", "-dpp", type=int, default=None)
-    group.add_argument("--api-server-count", "-asc", type=int, default=1)
-    group.add_argument("--headless", action="store_true")
+    group.add_argument("--data-parallel-size", "-dp", type=_positive_int, default=1,
+                       help="engine cores, each with its own tensor-parallel group and KV "
+                       "cache, behind one API")
+    group.add_argument("--data-parallel-size-local", "-dpl", type=_positive_int,
+                       default=None, help="data-parallel ranks this node runs (default: "
+                       "all from the start rank on)")
+    group.add_argument("--data-parallel-start-rank", "-dpr", type=int, default=None,
+                       help="the first rank a --headless node runs (the head starts at 0)")
+    group.add_argument("--data-parallel-address", "-dpa", default=None,
+                       help="the head's address: it listens there for headless nodes "
+                       f"(default {LOOPBACK})")
+    group.add_argument("--data-parallel-rpc-port", "-dpp", type=int, default=None,
+                       help=f"the head's port for headless nodes (default {DEFAULT_DP_RPC_PORT})")
+    group.add_argument("--data-parallel-backend", "-dpb", default="mp", choices=("mp", "ray"))
+    group.add_argument("--api-server-count", "-asc", type=_positive_int, default=1,
+                       help="API server processes sharing the port")
+    group.add_argument("--headless", action="store_true",
+                       help="run data-parallel engine cores only, joining the head at "
+                       "--data-parallel-address:--data-parallel-rpc-port")
     group.add_argument("--enable-expert-parallel", "-ep", action="store_true")
 
 
 _NOT_YET = "is not supported yet"
-_NO_DP = "only makes sense with data parallelism, which " + _NOT_YET
+_WITH_DP = f"{_NOT_YET} with --data-parallel-size > 1"
+_NO_DP = "only makes sense with --data-parallel-size > 1"
 
 
 def check_unsupported(args: argparse.Namespace) -> None:
-    """Refuse flags whose feature is not built yet (their no-op defaults pass)."""
+    """Refuse flags whose feature is not built yet, and data-parallel flags that
+    contradict each other (their no-op defaults pass)."""
+    dp = args.data_parallel_size > 1
     refusals = [
-        (args.data_parallel_size != 1, "--data-parallel-size",
-         f"data parallelism {_NOT_YET} (only 1)"),
-        (args.data_parallel_size_local not in (None, 1), "--data-parallel-size-local", _NO_DP),
-        (args.data_parallel_start_rank not in (None, 0), "--data-parallel-start-rank", _NO_DP),
-        (args.data_parallel_address is not None, "--data-parallel-address", _NO_DP),
-        (args.data_parallel_rpc_port is not None, "--data-parallel-rpc-port", _NO_DP),
-        (args.api_server_count != 1, "--api-server-count",
-         f"more than one API server process {_NOT_YET}"),
-        (args.headless, "--headless", f"a headless engine (no API server) {_NOT_YET}"),
+        (args.data_parallel_backend == "ray", "--data-parallel-backend",
+         f"Ray data parallelism {_NOT_YET} (use mp)"),
+        (dp and args.enable_expert_parallel, "--enable-expert-parallel",
+         f"expert parallelism across data-parallel ranks {_WITH_DP}"),
+        (dp and args.kv_transfer_config is not None, "--kv-transfer-config",
+         f"disaggregated prefill/decode {_WITH_DP}"),
+        (not dp and args.data_parallel_size_local not in (None, 1),
+         "--data-parallel-size-local", _NO_DP),
+        (not dp and args.data_parallel_start_rank not in (None, 0),
+         "--data-parallel-start-rank", _NO_DP),
+        (not dp and args.headless, "--headless", _NO_DP),
+        (not args.headless and args.data_parallel_start_rank not in (None, 0),
+         "--data-parallel-start-rank", "only a --headless node starts above rank 0"),
+        (args.headless and args.api_server_count != 1, "--api-server-count",
+         "a --headless node runs no API server"),
     ]
     for refused, flag, why in refusals:
         if refused:
             value = getattr(args, flag[2:].replace("-", "_"))
-            shown = "" if value is True else f" {value}"
+            shown = "" if value is True or flag == "--kv-transfer-config" else f" {value}"
             raise ServeArgumentError(f"{flag}{shown}: {why}")
+
+
+def data_parallel_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The EngineArgs fields of the data-parallel flags (unset ones left out)."""
+    return {"data_parallel_size": args.data_parallel_size,
+            "data_parallel_size_local": args.data_parallel_size_local,
+            "data_parallel_start_rank": args.data_parallel_start_rank,
+            "data_parallel_address": args.data_parallel_address,
+            "data_parallel_rpc_port": args.data_parallel_rpc_port}
 
 
 def check_expert_parallel(args: argparse.Namespace, hf_config: Any) -> None:
@@ -214,6 +245,7 @@ def engine_args_from_cli(args: argparse.Namespace):
         "distributed_executor_backend": args.distributed_executor_backend,
         "enforce_eager": args.enforce_eager, "generation_config": args.generation_config,
         "kv_transfer_config": parse_kv_transfer_config(args.kv_transfer_config),
+        **data_parallel_kwargs(args),
         "additional_config": parse_json_config("--additional-config", args.additional_config,
                                                ADDITIONAL_CONFIG_KEYS) or {},
     }
