@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from vllm.model_executor.layers.quantization.int8_kernels import (Int8Experts, Int8Weight,
+from vllm.model_executor.layers.quantization.int8_weights import (Int8Experts, Int8Weight,
                                                                   W8A8Kernels)
 
 

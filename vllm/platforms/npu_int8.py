@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from vllm.model_executor.layers.quantization.int8_kernels import (Int8Experts, Int8Weight,
+from vllm.model_executor.layers.quantization.int8_weights import (Int8Experts, Int8Weight,
                                                                   W8A8Kernels)
 
 # torch_npu.npu_format_cast(tensor, acl_format): 29 is ACL_FORMAT_FRACTAL_NZ, the layout the

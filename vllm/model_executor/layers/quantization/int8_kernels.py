@@ -9,34 +9,14 @@ are exact):
     static:  out[t, n] = float32(acc[t, n] + quant_bias[n]) * deq_scale[n]
 where acc = x_q @ w_q.T in int32, all float32 products evaluated left to right."""
 import functools
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from vllm.model_executor.layers.quantization.int8_weights import (  # noqa: F401 (re-exported)
+    Int8Experts, Int8Weight, W8A8Kernels)
+
 INT8_MAX = 127
-
-
-@dataclass
-class Int8Weight:
-    """A linear layer's int8 weight (out_features, in_features) and its per-output-channel
-    float32 scale; platforms may add a packed copy in `packed`."""
-    qweight: torch.Tensor  # (N, K) int8
-    scale: torch.Tensor  # (N,) float32
-    packed: Optional[object] = None
-
-    @property
-    def out_features(self) -> int:
-        return self.qweight.shape[0]
-
-
-@dataclass
-class Int8Experts:
-    """A MoE layer's int8 expert weights (E, out_features, in_features) and their
-    per-expert, per-output-channel float32 scales; platforms may add a packed copy."""
-    qweight: torch.Tensor  # (E, N, K) int8
-    scale: torch.Tensor  # (E, N) float32
-    packed: Optional[object] = None
 
 
 def dynamic_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,34 +32,6 @@ def dynamic_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_matmul(x_q: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
     """Exact int32 sums: (T, K) int8 @ (N, K) int8 -> (T, N) int32."""
     return (x_q.double() @ w_q.double().T).to(torch.int32)  # (T, N)
-
-
-class W8A8Kernels:
-    """A platform's W8A8 kernels. Each linear returns None where it does not take these
-    arguments (the reference then runs); `pack` makes the form its kernels read, once per
-    weight (stored in Int8Weight.packed)."""
-
-    def pack(self, weight: Int8Weight) -> object:
-        raise NotImplementedError
-
-    def packed(self, weight: Int8Weight) -> object:
-        """weight.packed, packed now if it was not at load."""
-        if weight.packed is None:
-            weight.packed = self.pack(weight)
-        return weight.packed
-
-    def dynamic_linear(self, x: torch.Tensor, weight: Int8Weight,
-                       bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None
-
-    def static_linear(self, x: torch.Tensor, weight: Int8Weight, input_scale: torch.Tensor,
-                      input_offset: torch.Tensor, quant_bias: torch.Tensor,
-                      deq_scale: torch.Tensor) -> Optional[torch.Tensor]:
-        return None
-
-    def grouped_dynamic_linear(self, x: torch.Tensor, experts: Int8Experts,
-                               group_sizes: torch.Tensor) -> Optional[torch.Tensor]:
-        return None
 
 
 @functools.lru_cache(maxsize=1)
