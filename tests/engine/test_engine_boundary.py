@@ -54,6 +54,9 @@ class RecordingClient:
     def abort_requests(self, request_ids) -> None:
         pass
 
+    def check_health(self) -> None:  # alive: nothing is ever sent on
+        pass
+
 
 def test_offline_parses_once_and_builds_one_request_per_child(llm, counts):
     llm.generate(["Hello there", [5, 6, 7]], SamplingParams(max_tokens=2), use_tqdm=False)
