@@ -1,4 +1,5 @@
 """Engine configuration, resolved and validated once at start-up."""
+import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,6 +15,19 @@ _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; its message names the offending value."""
+
+
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """The JSON object in the file at path; ConfigError (naming `what` and the path) if the
+    file cannot be read, is not JSON, or holds something other than an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{what}: cannot read {path}: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: {path} must hold a JSON object")
+    return value
 
 
 def resolve_dtype(dtype: str | torch.dtype, platform_default: torch.dtype) -> torch.dtype:

@@ -124,6 +124,7 @@ def test_bad_settings_are_refused(two_eos_model, tmp_path, setting, message):
 
 @pytest.mark.parametrize("content, message", [
     ("{oops", "cannot read"),
+    ("[1, 2]", "must hold a JSON object"),
     (json.dumps({"temperature": -1}), "temperature must be non-negative"),
     (json.dumps({"max_new_tokens": 0}), "max_new_tokens must be at least 1"),
     (json.dumps({"eos_token_id": ["2"]}), "eos_token_id must be a token id"),

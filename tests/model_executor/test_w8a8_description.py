@@ -97,6 +97,16 @@ def test_malformed_checkpoints_stop_start_up_naming_the_tensor(broken, case):
         start(broken(describe, tensors))
 
 
+@pytest.mark.parametrize("text, message", [("{oops", "cannot read"),
+                                           ('["W8A8"]', "must hold a JSON object")])
+def test_a_description_that_is_not_a_json_object_is_refused(broken, text, message):
+    folder = broken()
+    with open(os.path.join(folder, DESCRIPTION_FILE), "w") as handle:
+        handle.write(text)
+    with pytest.raises(ConfigError, match=f"{DESCRIPTION_FILE}: .*{message}"):
+        start(folder)
+
+
 @pytest.mark.parametrize("skip, message", [
     ("", "lm_head.weight: W8A8_DYNAMIC is not supported for this layer"),
     ("lm_head,layers.0.self_attn.q_proj",

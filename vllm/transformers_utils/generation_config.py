@@ -1,10 +1,9 @@
 """The model's generation_config.json: its eos ids and default sampling parameters."""
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from vllm.config import ConfigError
+from vllm.config import ConfigError, read_json_object
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 GENERATION_CONFIG_AUTO = "auto"  # the model folder's file, when it has one
@@ -30,7 +29,7 @@ def read_generation_config(setting: str, model_folder: str) -> dict[str, Any]:
         return {}
     if setting == GENERATION_CONFIG_AUTO:
         path = os.path.join(model_folder, GENERATION_CONFIG_FILE)
-        return _read_json(path) if os.path.isfile(path) else {}
+        return read_json_object(path, "generation_config") if os.path.isfile(path) else {}
     if not isinstance(setting, str) or not os.path.isdir(setting):
         raise ConfigError(f"generation_config must be {GENERATION_CONFIG_AUTO!r}, "
                           f"{GENERATION_CONFIG_VLLM!r} or a folder holding "
@@ -38,18 +37,7 @@ def read_generation_config(setting: str, model_folder: str) -> dict[str, Any]:
     path = os.path.join(setting, GENERATION_CONFIG_FILE)
     if not os.path.isfile(path):
         raise ConfigError(f"generation_config folder {setting} has no {GENERATION_CONFIG_FILE}")
-    return _read_json(path)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"generation_config: cannot read {path}: {error}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"generation_config: {path} is not a JSON object")
-    return value
+    return read_json_object(path, "generation_config")
 
 
 def generation_defaults(generation_config: dict[str, Any],

@@ -5,14 +5,13 @@ read): every method is known, every tensor the description names is in the check
 every quantized layer has its scales with the right shapes and dtypes, and no int8 tensor
 is left undescribed. The first problem stops start-up with one line naming the tensor.
 """
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from vllm.config import ConfigError
+from vllm.config import ConfigError, read_json_object
 from vllm.logger import init_logger
 from vllm.model_executor.layers.quantization.ascend_format import (
     DESCRIPTION_FILE, FLOAT, METADATA_KEYS, METHODS, OPTIONAL, PER_CHANNEL, PER_TENSOR,
@@ -88,15 +87,7 @@ class AscendQuantConfig:
 
 
 def read_description(folder: str) -> dict:
-    path = os.path.join(folder, DESCRIPTION_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            description = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read {path}: {error}") from None
-    if not isinstance(description, dict):
-        raise ConfigError(f"{path} must hold a JSON object of tensor name -> method")
-    return description
+    return read_json_object(os.path.join(folder, DESCRIPTION_FILE), DESCRIPTION_FILE)
 
 
 def check_description(description: dict, headers: dict[str, TensorInfo]) -> dict[str, str]:
