@@ -17,6 +17,7 @@ from vllm.model_executor.layers.fused_moe import (
     ExpertWeightLoader, FusedMoE, check_experts_loaded, expert_params_mapping,
     routing_kwargs_from_config, select_experts)
 from vllm.model_executor.layers.fused_moe.experts import gemm_into, kernel_into
+from vllm.model_executor.layers.fused_moe.routing import Routing, route, row_invariant_sigmoid
 from vllm.model_executor.layers.invariant_kernels import make_batch_invariant
 from vllm.platforms import current_platform
 
@@ -295,6 +296,25 @@ def test_batch_invariant_token_alone_equals_in_batch():
         for token in (0, 11, 36):
             alone = layer(hidden[token:token + 1], logits[token:token + 1])
             assert torch.equal(alone[0], batch[token])
+
+
+@pytest.mark.parametrize("num_experts", [8, 16, 17, 256])
+def test_row_invariant_routing_gives_each_row_the_same_answer_at_any_batch_size(num_experts):
+    # torch.sigmoid of a contiguous (T, E) tensor takes a scalar path for a remainder whose
+    # place depends on T; the row-invariant routing must not.
+    routing = Routing(num_experts, 2, "sigmoid", True, "noaux_tc")
+    bias = torch.zeros(num_experts)
+    logits = torch.randn(3000, num_experts, generator=torch.Generator().manual_seed(3))
+    scores = row_invariant_sigmoid(logits)
+    torch.testing.assert_close(scores, logits.sigmoid(), atol=1e-7, rtol=0)
+    weights, ids = route(routing, logits, bias, row_invariant=True)
+    for rows in (1, 2, 3, 5, 16, 33, 700, 2049):
+        assert torch.equal(row_invariant_sigmoid(logits[:rows]), scores[:rows])
+        got_weights, got_ids = route(routing, logits[:rows], bias, row_invariant=True)
+        assert torch.equal(got_weights, weights[:rows]) and torch.equal(got_ids, ids[:rows])
+    plain_weights, plain_ids = route(routing, logits, bias)
+    assert torch.equal(plain_ids, ids)
+    torch.testing.assert_close(plain_weights, weights, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,message", [

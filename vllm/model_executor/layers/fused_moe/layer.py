@@ -62,6 +62,7 @@ class FusedMoE(nn.Module):
             self.register_parameter("e_score_correction_bias", None)
         self.matmul_into = small_batch_matmul(self.w13_weight.dtype)
         self.platform_kernels = current_platform.moe_kernels()  # None: route + run_experts
+        self.row_invariant_routing = False  # batch-invariant mode (use_fixed_order_kernel)
         self.quant_method = None  # W8A8 experts (layers/quantization/w8a8_experts.py)
         self.expert_suffixes: tuple[str, ...] = ("weight",)  # tensors each projection loads
         self.loaded: set[tuple[int, str, str]] = set()
@@ -121,6 +122,7 @@ class FusedMoE(nn.Module):
         if self.quant_method is None:
             self.matmul_into = kernel_into(kernel)
         self.platform_kernels = None
+        self.row_invariant_routing = True
 
     def forward(self, hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         """sum_k w_k * expert_k(hidden) per token: (T, H) in hidden's dtype, summed over
@@ -132,7 +134,8 @@ class FusedMoE(nn.Module):
                              f"got {tuple(hidden.shape)} and {tuple(router_logits.shape)}")
         kernels = self.platform_kernels
         if kernels is None or self.quant_method is not None:
-            weights, ids = route(self.routing, router_logits, self.e_score_correction_bias)
+            weights, ids = route(self.routing, router_logits, self.e_score_correction_bias,
+                                 self.row_invariant_routing)
             w13, w2 = (self.w13_weight, self.w2_weight) if self.quant_method is None \
                 else self.quant_method.expert_weights(self)
             out = run_experts(hidden, w13, w2, weights, ids, self.matmul_into)  # (T, H) float32

@@ -65,15 +65,19 @@ class Routing:
 
 
 def route(routing: Routing, router_logits: torch.Tensor,
-          correction_bias: Optional[torch.Tensor] = None
+          correction_bias: Optional[torch.Tensor] = None, row_invariant: bool = False
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (T, k) float32, expert ids (T, k) int64) for the gate's logits (T, E)."""
+    """(weights (T, k) float32, expert ids (T, k) int64) for the gate's logits (T, E);
+    `row_invariant`: each row's result bit for bit the same whatever T is (batch-invariant
+    mode), at the cost of a sigmoid that may differ from torch.sigmoid in the last bit."""
     if router_logits.dim() != 2 or router_logits.shape[1] != routing.num_experts:
         raise ValueError(f"router_logits must be (num_tokens, {routing.num_experts}), "
                          f"got {tuple(router_logits.shape)}")
     logits = router_logits.float()  # (T, E)
     if routing.scoring_func == "softmax":
         scores = logits.softmax(dim=-1)  # (T, E)
+    elif row_invariant:
+        scores = row_invariant_sigmoid(logits)  # (T, E)
     else:
         scores = logits.sigmoid()  # (T, E)
     choice = scores
@@ -86,6 +90,17 @@ def route(routing: Routing, router_logits: torch.Tensor,
     if routing.renormalize:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + NORM_EPSILON)
     return weights * routing.routed_scaling_factor, ids
+
+
+def row_invariant_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(x) = softmax([x, 0])[0], elementwise over x (T, E).
+
+    torch.sigmoid runs a contiguous (T, E) tensor as one flat loop of vector steps with a
+    scalar remainder whose exp rounds differently, so which elements take the scalar path
+    depends on T (E = 16 on AVX-512: every element when T = 1, none when T = 16). The
+    last-dimension softmax computes every row alone, the same way for any T."""
+    pairs = torch.stack([x, torch.zeros_like(x)], dim=-1)  # (T, E, 2)
+    return pairs.softmax(dim=-1)[..., 0]  # (T, E)
 
 
 def checked_bias(bias: Optional[torch.Tensor], num_experts: int) -> torch.Tensor:
