@@ -26,6 +26,19 @@ def _release_freed_memory() -> None:
         pass
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first, then files of identity tests, then the rest (each group
+    in its own order): with `-n 2 --dist loadfile` whole files go to whichever process is
+    free, so a long file collected last would run alone while the other process idles."""
+    def rank(path) -> int:
+        marks = file_marks.get(path, set())
+        return 0 if "slow" in marks else 1 if "identity" in marks else 2
+    file_marks: dict = {}
+    for item in items:
+        file_marks.setdefault(item.path, set()).update(mark.name for mark in item.iter_markers())
+    items.sort(key=lambda item: rank(item.path))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def release_memory_after_each_module():
     yield

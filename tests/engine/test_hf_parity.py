@@ -52,6 +52,7 @@ def demo_llm(demo_gguf):
     return LLM(demo_gguf, max_model_len=512)
 
 
+@pytest.mark.slow
 def test_demo_gguf_matches_transformers(demo_llm, demo_gguf):
     from transformers import AutoModelForCausalLM
     tokenizer = demo_llm.get_tokenizer()
