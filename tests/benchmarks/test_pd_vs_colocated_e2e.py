@@ -1,32 +1,19 @@
 """benchmarks/pd_vs_colocated.sh end to end on the demo model with a tiny workload."""
 import json
 import os
-import random
-import socket
 import subprocess
 
 import psutil
 import pytest
 
+from free_ports import free_port_range, is_free as port_is_free  # noqa: F401
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PORT_OFFSETS = (0, 1, 2, 10, 30, 100, 101)  # colocated, TP, proxy, P, D, kv ports
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def free_base_port() -> int:
-    for _ in range(100):
-        base = random.randrange(40000, 55000)
-        if all(port_is_free(base + offset) for offset in PORT_OFFSETS):
-            return base
-    raise RuntimeError("no free port range")
+    return free_port_range(max(PORT_OFFSETS) + 1)
 
 
 @pytest.mark.slow

@@ -1,17 +1,11 @@
 """The head/headless handshake in one process: a matching node gets its ranks'
 endpoints, a mismatched one is refused with one line on both sides, a rank is given once."""
-import socket
 
 import pytest
 
+from free_ports import free_port
 from vllm.engine.arg_utils import EngineArgs
 from vllm.engine.dp_handshake import HeadListener, JoinRefused, RankEndpoint, join_head
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

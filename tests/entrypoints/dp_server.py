@@ -13,7 +13,7 @@ MAX_TOKENS = 6
 
 
 def tiny_server_args(model: str, tokenizer: str) -> list[str]:
-    return [model, "--tokenizer", tokenizer, "--max-model-len", "128", "--dtype", "float32",
+    return [model, "--tokenizer", tokenizer, "--max-model-len", "512", "--dtype", "float32",
             "--served-model-name", "tiny", "--uvicorn-log-level", "warning"]
 
 

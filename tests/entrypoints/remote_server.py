@@ -13,33 +13,11 @@ from typing import Optional
 import psutil
 import requests
 
+from free_ports import free_port, free_port_range  # noqa: F401  (re-exported for the tests)
+
 SERVE_MODULE = "vllm.entrypoints.cli.serve"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STARTUP_TIMEOUT_S = float(os.environ.get("VLLM_TEST_SERVER_STARTUP_S", "600"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_range(span: int) -> int:
-    """A port p such that p .. p + span - 1 look free on 127.0.0.1."""
-    for _ in range(100):
-        base = free_port()
-        if base + span < 65000 and all(_is_free(base + i) for i in range(span)):
-            return base
-    raise RuntimeError(f"no {span} consecutive free ports")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def recorded_pids(pid_file: str) -> list[int]:

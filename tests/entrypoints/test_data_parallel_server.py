@@ -56,14 +56,20 @@ def wait_for(condition, timeout: float = 60):
     raise TimeoutError("condition not met")
 
 
+LONG_STREAM = 480  # tokens: a few seconds of the tiny model, so rank 0 outlasts the abort
+
+
 def test_abort_of_a_request_on_rank_1(server):
     running = lambda: engine_metric(server.url, "vllm:num_requests_running")  # noqa: E731
+    generated = lambda: engine_metric(server.url, "vllm:generation_tokens_total")  # noqa: E731
     wait_for(lambda: sum(running().values()) == 0)
-    first, first_lines = stream(server.url, 100)  # rank 0 (both idle: the lowest)
-    second, _ = stream(server.url, 100)  # rank 1
+    before = generated().get("1", 0.0)
+    first, first_lines = stream(server.url, LONG_STREAM)  # rank 0 (both idle: the lowest)
+    second, _ = stream(server.url, LONG_STREAM)  # rank 1
     wait_for(lambda: running() == {"0": 1.0, "1": 1.0})
     second.close()  # the client goes away: the request is aborted on rank 1
     wait_for(lambda: running() == {"0": 1.0, "1": 0.0})
+    assert generated()["1"] - before < LONG_STREAM  # stopped early, not run to its end
     assert list(first_lines)[-1] == b"data: [DONE]"
 
 

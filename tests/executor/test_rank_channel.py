@@ -1,31 +1,15 @@
 """The executor's ZMQ channel: one pickled call reaches every rank, replies come back."""
-import socket
 
 import pytest
 
+from free_ports import free_port_range
 from vllm.executor.rank_channel import (ExecutorChannel, RankChannel, RpcCall,
                                         pinned_base_port)
 
 
 def free_port_block(size: int) -> int:
-    """A base port whose next `size` ports were free a moment ago."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size > 65000:
-            continue
-        try:
-            sockets = [socket.socket() for _ in range(size)]
-            for offset, s in enumerate(sockets):
-                s.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return base
-    raise RuntimeError("no free block of ports")
+    """A base port whose next `size` ports are free and not handed out before."""
+    return free_port_range(size)
 
 
 def round_trip(executor: ExecutorChannel, world_size: int) -> None:

@@ -1,5 +1,4 @@
 """FusedMoE and select_experts against transformers' DeepSeek-V2/V3 MoE and a per-token loop."""
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from transformers import DeepseekV2Config, DeepseekV3Config
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
+from free_ports import free_port
 from vllm.config import ConfigError
 from vllm.distributed.parallel_state import init_tensor_parallel
 from vllm.model_executor.layers.fused_moe import (
@@ -238,12 +238,6 @@ def test_tp_rank_keeps_its_intermediate_slice(tp_state, rank):
                                   state[f"{name}.up_proj.weight"][cols]])
         assert torch.equal(layer.w13_weight[expert], expected_w13)
         assert torch.equal(layer.w2_weight[expert], state[f"{name}.down_proj.weight"][:, cols])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_rank(rank: int, world_size: int, port: int, case: str, inputs_path: str,

@@ -1,17 +1,13 @@
 """Two real tensor-parallel ranks (gloo on CPU) reproduce the single-rank logits."""
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from free_ports import free_port
+
 PROMPT = [1, 17, 42, 254, 3, 99, 128, 7]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_rank(rank: int, world_size: int, port: int, folder: str, out_path: str) -> None:

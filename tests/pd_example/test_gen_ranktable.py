@@ -2,11 +2,12 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from free_ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "pd_example" / "gen_ranktable.sh"
@@ -21,6 +22,7 @@ fi
 echo "fake hccn_tool: unexpected arguments $*" >&2
 exit 1
 """
+
 
 
 @pytest.fixture
@@ -38,12 +40,6 @@ def run(args, env_extra=None, timeout=60):
     env.update(env_extra or {})
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_writes_the_table_for_one_node(tmp_path, fake_hccn):

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 import pytest
 import torch
 
+from free_ports import free_port_range
 from vllm.batch_invariant import BATCH_INVARIANT_ENV
 from vllm.core.request import Request
 from vllm.engine.arg_utils import EngineArgs
@@ -31,19 +32,7 @@ def unique_id(prefix: str) -> str:
 # ---- ports ---------------------------------------------------------------------------------
 def free_port_pair() -> int:
     """A port p with p and p + 1 both free (the connector binds both)."""
-    for _ in range(200):
-        with socket.socket() as first:
-            first.bind((HOST, 0))
-            port = first.getsockname()[1]
-            if port >= 65534:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind((HOST, port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
+    return free_port_range(2, HOST)
 
 
 def dead_port() -> tuple[socket.socket, int]:
