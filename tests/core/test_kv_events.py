@@ -161,6 +161,11 @@ def test_bad_configs_are_one_line_config_errors(values, fragment):
     assert message.startswith("--kv-events-config: ")
 
 
+def test_a_config_object_is_checked_too():
+    with pytest.raises(ConfigError, match="'hwm' must be int, got 'many'"):
+        resolve_kv_events_config(KVEventsConfig(enable_kv_cache_events=True, hwm="many"))
+
+
 def test_a_non_object_is_refused():
     with pytest.raises(ConfigError, match="expected a JSON object, got list"):
         resolve_kv_events_config([1])

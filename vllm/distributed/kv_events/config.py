@@ -1,5 +1,5 @@
 """`--kv-events-config`: vLLM's KVEventsConfig fields, validated once at start-up."""
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from vllm.config import ConfigError
@@ -7,6 +7,9 @@ from vllm.config import ConfigError
 FLAG = "--kv-events-config"
 PUBLISHERS = ("null", "zmq")
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+_TYPES = {"enable_kv_cache_events": bool, "publisher": str, "endpoint": str,
+          "replay_endpoint": str, "buffer_steps": int, "hwm": int, "max_queue_size": int,
+          "topic": str}
 
 
 @dataclass
@@ -26,20 +29,20 @@ class KVEventsConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "KVEventsConfig":
-        types = {f.name: _TYPES[f.name] for f in fields(cls)}
-        for key, value in values.items():
-            if key not in types:
-                raise ConfigError(f"{FLAG}: unknown key {key!r} (known keys: "
-                                  f"{', '.join(sorted(types))})")
-            wanted = types[key]
-            if value is not None and (type(value) is not wanted):
-                raise ConfigError(f"{FLAG}: {key!r} must be {wanted.__name__}, "
-                                  f"got {value!r}")
+        unknown = sorted(set(values) - set(_TYPES))
+        if unknown:
+            raise ConfigError(f"{FLAG}: unknown key {unknown[0]!r} (known keys: "
+                              f"{', '.join(sorted(_TYPES))})")
         config = cls(**{k: v for k, v in values.items() if v is not None})
         config.validate()
         return config
 
     def validate(self) -> None:
+        for key, wanted in _TYPES.items():
+            value = getattr(self, key)
+            if value is not None and type(value) is not wanted:
+                raise ConfigError(f"{FLAG}: {key!r} must be {wanted.__name__}, "
+                                  f"got {value!r}")
         if self.publisher is None:
             self.publisher = "zmq" if self.enable_kv_cache_events else "null"
         if self.publisher not in PUBLISHERS:
@@ -54,11 +57,6 @@ class KVEventsConfig:
             if getattr(self, name) < least:
                 raise ConfigError(f"{FLAG}: {name} must be at least {least}, "
                                   f"got {getattr(self, name)}")
-
-
-_TYPES = {"enable_kv_cache_events": bool, "publisher": str, "endpoint": str,
-          "replay_endpoint": str, "buffer_steps": int, "hwm": int, "max_queue_size": int,
-          "topic": str}
 
 
 def check_endpoint(name: str, endpoint: str) -> None:
