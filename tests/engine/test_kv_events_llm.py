@@ -12,6 +12,8 @@ from vllm import LLM, SamplingParams
 from vllm.config import ConfigError
 from vllm.core.block_hash import ROOT_HASH, chained_block_hashes, hash_block
 
+pytestmark = pytest.mark.slow
+
 BLOCK_SIZE = 16
 NUM_BLOCKS = 24  # 384 tokens: the workload below needs about twice that
 TOPIC = "kv-events"
@@ -108,7 +110,7 @@ def test_reset_publishes_all_blocks_cleared(llm, subscriber):
 
 def test_cached_prompt_tokens_count_as_hits(llm):
     scheduler = llm.llm_engine.engine_core.scheduler
-    prompt = workload(7)[0]  # 68 tokens: 4 full blocks, the last one never a hit
+    prompt = workload(7)[0]  # 68 tokens: its 4 full blocks (64 tokens) hit the 2nd time
     generate(llm, [prompt])
     queries, hits = scheduler.prefix_cache_queries, scheduler.prefix_cache_hits
     generate(llm, [prompt])

@@ -17,10 +17,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from remote_server import (REPO_ROOT, free_port, read_metrics,  # noqa: E402
                            running_server, serve_command, wait_until_idle)
 
+pytestmark = pytest.mark.slow
+
 BLOCK_SIZE = 16
 NUM_BLOCKS = 64
 TOPIC = "kv"
-PROMPT = list(range(1000, 1070))  # 70 tokens: 4 full blocks, the 4th not a hit (64 tokens)
+PROMPT = list(range(1000, 1070))  # 70 tokens: its 4 full blocks (64 tokens) hit the 2nd time
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,9 @@ def served():
     replay = f"tcp://127.0.0.1:{free_port()}"
     config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint,
               "replay_endpoint": replay, "topic": TOPIC}
-    args = ["--served-model-name", "demo", "--max-model-len", "256", "--block-size", str(BLOCK_SIZE),
-            "--num-gpu-blocks-override", str(NUM_BLOCKS), "--enforce-eager",
-            "--kv-events-config", json.dumps(config), "--uvicorn-log-level", "warning"]
+    args = ["--served-model-name", "demo", "--max-model-len", "256",
+            "--block-size", str(BLOCK_SIZE), "--num-gpu-blocks-override", str(NUM_BLOCKS),
+            "--enforce-eager", "--kv-events-config", json.dumps(config), "--uvicorn-log-level", "warning"]
     with running_server(args, env={"OMP_NUM_THREADS": "1"}) as server:
         subscriber = Subscriber(endpoint, replay, TOPIC)
         yield server, subscriber
