@@ -33,7 +33,8 @@ def served():
               "replay_endpoint": replay, "topic": TOPIC}
     args = ["--served-model-name", "demo", "--max-model-len", "256",
             "--block-size", str(BLOCK_SIZE), "--num-gpu-blocks-override", str(NUM_BLOCKS),
-            "--enforce-eager", "--kv-events-config", json.dumps(config), "--uvicorn-log-level", "warning"]
+            "--enforce-eager", "--kv-events-config", json.dumps(config),
+            "--uvicorn-log-level", "warning"]
     with running_server(args, env={"OMP_NUM_THREADS": "1"}) as server:
         subscriber = Subscriber(endpoint, replay, TOPIC)
         yield server, subscriber
