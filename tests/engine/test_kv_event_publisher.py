@@ -13,10 +13,24 @@ from vllm.distributed.kv_events.config import KVEventsConfig, endpoint_for_rank
 from vllm.distributed.kv_events.publisher import ZmqEventPublisher
 
 
-def free_endpoint() -> str:
+def free_endpoint(rank: int = 0) -> str:
+    """An endpoint whose port, shifted by the data-parallel rank, is free."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + rank < 65536 and _is_free(port + rank):
+            return f"tcp://127.0.0.1:{port}"
+    raise RuntimeError("no free port")
+
+
+def _is_free(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def config(**values) -> KVEventsConfig:
@@ -24,7 +38,7 @@ def config(**values) -> KVEventsConfig:
 
 
 def test_a_full_queue_drops_and_counts_without_blocking():
-    endpoint, replay = free_endpoint(), free_endpoint()
+    endpoint, replay = free_endpoint(rank=3), free_endpoint(rank=3)
     publisher = ZmqEventPublisher(config(endpoint=endpoint, replay_endpoint=replay,
                                          max_queue_size=1, topic="t"), data_parallel_rank=3)
     subscriber = Subscriber(endpoint_for_rank(endpoint, 3), endpoint_for_rank(replay, 3),
