@@ -1,36 +1,15 @@
 """The ZMQ publisher alone: publish() never blocks and counts what a full queue drops,
 sequence numbers stay contiguous, replay resends kept batches, a taken port is refused."""
-import socket
 import time
 
 import msgspec
 import pytest
 
-from kv_event_subscriber import Subscriber
+from kv_event_subscriber import Subscriber, free_endpoints
 from vllm.config import ConfigError
 from vllm.core.kv_events import AllBlocksCleared, KVEventBatch
 from vllm.distributed.kv_events.config import KVEventsConfig, endpoint_for_rank
 from vllm.distributed.kv_events.publisher import ZmqEventPublisher
-
-
-def free_endpoint(rank: int = 0) -> str:
-    """An endpoint whose port, shifted by the data-parallel rank, is free."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + rank < 65536 and _is_free(port + rank):
-            return f"tcp://127.0.0.1:{port}"
-    raise RuntimeError("no free port")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def config(**values) -> KVEventsConfig:
@@ -38,7 +17,7 @@ def config(**values) -> KVEventsConfig:
 
 
 def test_a_full_queue_drops_and_counts_without_blocking():
-    endpoint, replay = free_endpoint(rank=3), free_endpoint(rank=3)
+    endpoint, replay = free_endpoints(2, rank=3)
     publisher = ZmqEventPublisher(config(endpoint=endpoint, replay_endpoint=replay,
                                          max_queue_size=1, topic="t"), data_parallel_rank=3)
     subscriber = Subscriber(endpoint_for_rank(endpoint, 3), endpoint_for_rank(replay, 3),
@@ -61,7 +40,7 @@ def test_a_full_queue_drops_and_counts_without_blocking():
 
 
 def test_a_taken_endpoint_is_a_config_error():
-    endpoint = free_endpoint()
+    (endpoint,) = free_endpoints(1)
     first = ZmqEventPublisher(config(endpoint=endpoint))
     try:
         with pytest.raises(ConfigError, match=f"cannot bind endpoint {endpoint}"):

@@ -3,11 +3,10 @@ the hashes stored minus removed are the block pool's cached set, evictions and r
 are published, and the block hash module recomputes the published hashes; the prefix
 cache counters count cached prompt tokens as hits."""
 import random
-import socket
 
 import pytest
 
-from kv_event_subscriber import Subscriber, all_events, apply
+from kv_event_subscriber import Subscriber, all_events, apply, free_endpoints
 from vllm import LLM, SamplingParams
 from vllm.config import ConfigError
 from vllm.core.block_hash import ROOT_HASH, chained_block_hashes, hash_block
@@ -20,15 +19,9 @@ TOPIC = "kv-events"
 PARAMS = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoints():
-    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    return free_endpoints(2)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from kv_event_subscriber import Subscriber, all_events, apply
+from kv_event_subscriber import Subscriber, all_events, apply, free_endpoints
 from vllm.core.block_hash import chained_block_hashes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -27,8 +27,7 @@ PROMPT = list(range(1000, 1070))  # 70 tokens: its 4 full blocks (64 tokens) hit
 
 @pytest.fixture(scope="module")
 def served():
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    replay = f"tcp://127.0.0.1:{free_port()}"
+    endpoint, replay = free_endpoints(2)
     config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint,
               "replay_endpoint": replay, "topic": TOPIC}
     args = ["--served-model-name", "demo", "--max-model-len", "256",
