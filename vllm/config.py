@@ -140,3 +140,4 @@ class VllmConfig:
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     kv_transfer_config: Optional[Any] = None
     additional_config: dict = field(default_factory=dict)
+    kv_events_config: Optional[Any] = None  # vllm/distributed/kv_events/config.py

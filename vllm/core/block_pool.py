@@ -2,6 +2,8 @@
 from collections import OrderedDict
 from typing import Iterable, Optional
 
+from vllm.core.kv_events import KVEventRecorder
+
 
 class KVCacheBlock:
     __slots__ = ("block_id", "ref_cnt", "block_hash")
@@ -16,9 +18,11 @@ class KVCacheBlock:
 
 
 class BlockPool:
-    """Free blocks are kept in eviction order; a free block may still hold cached KV."""
+    """Free blocks are kept in eviction order; a free block may still hold cached KV.
+    With an `events` recorder, every hash entering or leaving the index is recorded."""
 
-    def __init__(self, num_blocks: int, enable_caching: bool):
+    def __init__(self, num_blocks: int, enable_caching: bool,
+                 events: Optional[KVEventRecorder] = None):
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
@@ -27,6 +31,7 @@ class BlockPool:
         self._free: OrderedDict[int, KVCacheBlock] = OrderedDict(
             (block.block_id, block) for block in self.blocks)
         self._cached: dict[int, KVCacheBlock] = {}
+        self.events = events
 
     def get_num_free_blocks(self) -> int:
         return len(self._free)
@@ -54,11 +59,15 @@ class BlockPool:
             blocks.append(block)
         return blocks
 
-    def cache_block(self, block: KVCacheBlock, block_hash: int) -> None:
+    def cached_hashes(self) -> set[int]:
+        return set(self._cached)
+
+    def cache_block(self, block: KVCacheBlock, block_hash: int) -> bool:
+        """True if block_hash entered the index (not when another block holds it)."""
         if not self.enable_caching or block.block_hash is not None:
-            return
+            return False
         block.block_hash = block_hash
-        self._cached.setdefault(block_hash, block)
+        return self._cached.setdefault(block_hash, block) is block
 
     def free_blocks(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Blocks given in eviction order: earlier ones are reused first."""
@@ -79,6 +88,8 @@ class BlockPool:
         for block in self.blocks:
             block.block_hash = None
         self._cached.clear()
+        if self.events is not None:
+            self.events.cleared()
         return True
 
     def uncache(self, block: KVCacheBlock) -> None:
@@ -89,4 +100,6 @@ class BlockPool:
             return
         if self._cached.get(block.block_hash) is block:
             del self._cached[block.block_hash]
+            if self.events is not None:
+                self.events.removed(block.block_hash)
         block.block_hash = None

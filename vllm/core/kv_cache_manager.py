@@ -1,22 +1,20 @@
 """Maps requests to KV blocks: prefix-cache lookup, slot allocation, freeing."""
 from typing import Optional
 
+from vllm.core.block_hash import extend_block_hashes
 from vllm.core.block_pool import BlockPool, KVCacheBlock
+from vllm.core.kv_events import KVEvent, KVEventRecorder
 from vllm.core.request import Request
-
-ROOT_HASH = hash("vllm-prefix-root")
-
-
-def hash_block(parent_hash: int, token_ids: tuple[int, ...]) -> int:
-    return hash((parent_hash, token_ids))
 
 
 class KVCacheManager:
 
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True,
+                 record_events: bool = False):
         self.block_size = block_size
         self.enable_caching = enable_caching
-        self.block_pool = BlockPool(num_blocks, enable_caching)
+        self.events = KVEventRecorder(block_size) if record_events else None
+        self.block_pool = BlockPool(num_blocks, enable_caching, self.events)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
         self.num_cached_blocks: dict[str, int] = {}
 
@@ -86,6 +84,10 @@ class KVCacheManager:
             self.block_pool.uncache(block)
         self.num_cached_blocks.pop(request_id, None)
 
+    def take_events(self) -> list[KVEvent]:
+        """The prefix index's changes since the last call (none unless recording)."""
+        return self.events.take() if self.events is not None else []
+
     def get_block_ids(self, request_id: str) -> list[int]:
         return [block.block_id for block in self.req_to_blocks.get(request_id, [])]
 
@@ -98,15 +100,12 @@ class KVCacheManager:
             return
         self._update_block_hashes(request, num_full)
         blocks = self.req_to_blocks[request.request_id]
-        for index in range(start, num_full):
-            self.block_pool.cache_block(blocks[index], request.block_hashes[index])
+        entered = [index for index in range(start, num_full)
+                   if self.block_pool.cache_block(blocks[index], request.block_hashes[index])]
+        if self.events is not None and entered:
+            self.events.stored(request.block_hashes, request.all_token_ids, entered)
         self.num_cached_blocks[request.request_id] = num_full
 
     def _update_block_hashes(self, request: Request, num_blocks: int) -> None:
-        hashes = request.block_hashes
-        tokens = request.all_token_ids
-        size = self.block_size
-        while len(hashes) < num_blocks:
-            index = len(hashes)
-            parent = hashes[-1] if hashes else ROOT_HASH
-            hashes.append(hash_block(parent, tuple(tokens[index * size:(index + 1) * size])))
+        extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size,
+                            num_blocks)

@@ -70,6 +70,9 @@ class SchedulerStats(msgspec.Struct, omit_defaults=True):
     num_free_blocks: int = 0
     num_total_blocks: int = 0
     num_preemptions: int = 0
+    # Since start, in tokens: looked up in the prefix cache, and found there.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):

@@ -44,6 +44,8 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()
         self._seen_by_workers: set[str] = set()
         self.num_preemptions = 0
+        self.prefix_cache_queries = 0  # tokens looked up in the prefix cache, since start
+        self.prefix_cache_hits = 0  # of those, tokens found there
         # KV transfer: consumers waiting for remote KV (no batch slot), producers' finished
         # requests whose blocks stay until the consumer has them.
         self.waiting_for_remote: dict[str, Request] = {}
@@ -208,7 +210,8 @@ class Scheduler:
     def _schedule_waiting(self, budget, num_scheduled, new_reqs, cached_reqs) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            if request.num_computed_tokens > 0:  # its KV arrived from a remote prefill
+            looked_up = request.num_computed_tokens == 0
+            if not looked_up:  # its KV arrived from a remote prefill
                 computed_blocks, num_hit_tokens = [], request.num_computed_tokens
             else:
                 computed_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(
@@ -226,6 +229,8 @@ class Scheduler:
             if new_blocks is None:
                 break
             self.waiting.popleft()
+            if looked_up:
+                self._count_prefix_lookup(request, num_hit_tokens)
             resumed = request.status == RequestStatus.PREEMPTED
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_hit_tokens
@@ -261,11 +266,18 @@ class Scheduler:
         if blocks is None:
             return _Remote.NO_ROOM
         self.waiting.popleft()
+        self._count_prefix_lookup(request, num_hit_tokens)
         request.status = RequestStatus.WAITING_FOR_REMOTE_KVS
         self.waiting_for_remote[request.request_id] = request
         self.connector.update_state_after_alloc(
             request, self.kv_cache_manager.get_block_ids(request.request_id), num_external)
         return _Remote.PARKED
+
+    def _count_prefix_lookup(self, request: Request, num_hit_tokens: int) -> None:
+        """Once per admission (a lookup retried while blocks are short counts once)."""
+        if self.kv_cache_manager.enable_caching:
+            self.prefix_cache_queries += request.num_tokens
+            self.prefix_cache_hits += num_hit_tokens
 
     def _cached_data(self, request: Request, new_blocks) -> CachedRequestData:
         return CachedRequestData(request.request_id, False,

@@ -43,6 +43,7 @@ class EngineArgs:
     enforce_eager: bool = False
     generation_config: str = "auto"  # auto | vllm | a folder with generation_config.json
     kv_transfer_config: Optional[Any] = None
+    kv_events_config: Optional[Any] = None  # a dict of vLLM's KVEventsConfig fields
     additional_config: dict = field(default_factory=dict)
 
     @classmethod
@@ -53,6 +54,8 @@ class EngineArgs:
         from vllm.platforms import current_platform
         from vllm.transformers_utils.config import get_hf_config
         self._validate_scalars()
+        from vllm.distributed.kv_events.config import resolve_kv_events_config
+        kv_events_config = resolve_kv_events_config(self.kv_events_config)
         from vllm.transformers_utils.gguf_cache import resolve_model_source
         model = self.model or _demo_model()
         source = resolve_model_source(model)
@@ -97,7 +100,7 @@ class EngineArgs:
             data_parallel_rpc_port=self.data_parallel_rpc_port)
         return VllmConfig(model_config, cache_config, scheduler_config, parallel_config,
                           _kv_transfer_config(self.kv_transfer_config),
-                          dict(self.additional_config or {}))
+                          dict(self.additional_config or {}), kv_events_config)
 
     def _validate_scalars(self) -> None:
         _positive("max_num_seqs", self.max_num_seqs)

@@ -3,6 +3,7 @@ import time
 
 from vllm.config import VllmConfig
 from vllm.core.kv_cache_manager import KVCacheManager
+from vllm.core.kv_events import KVEventBatch
 from vllm.core.messages import EngineCoreOutput, EngineCoreRequest, SchedulerStats
 from vllm.core.request import Request, RequestStatus
 from vllm.core.scheduler import Scheduler
@@ -30,8 +31,14 @@ class EngineCore:
         self._check_capacity(num_blocks)
         cache_config.num_blocks = num_blocks
         self.executor.initialize_kv_cache(num_blocks)
+        events_config = vllm_config.kv_events_config
+        publishes = events_config is not None and events_config.publishes
+        if publishes and not cache_config.enable_prefix_caching:
+            logger.warning("KV cache events are on but prefix caching is off: no block is "
+                           "ever cached, so no event will be published")
         self.kv_cache_manager = KVCacheManager(num_blocks, cache_config.block_size,
-                                               cache_config.enable_prefix_caching)
+                                               cache_config.enable_prefix_caching,
+                                               record_events=publishes)
         from vllm.distributed.kv_transfer.factory import create_scheduler_connector
         self.connector = create_scheduler_connector(vllm_config)
         self.scheduler = Scheduler(vllm_config, self.kv_cache_manager, self.connector)
@@ -40,6 +47,9 @@ class EngineCore:
             self.executor, "survives_step_errors", False)
         self._failed_steps_in_a_row = 0
         self.errored: dict[str, str] = {}  # request id -> why it failed inside the core
+        from vllm.distributed.kv_events.publisher import create_publisher
+        self.kv_event_publisher = create_publisher(
+            events_config, vllm_config.parallel_config.data_parallel_rank)
         logger.info("engine core ready in %.1f s: %d KV blocks of %d tokens",
                     time.perf_counter() - start, num_blocks, cache_config.block_size)
 
@@ -85,7 +95,9 @@ class EngineCore:
                               kv_cache_usage=manager.usage(),
                               num_free_blocks=manager.get_num_free_blocks(),
                               num_total_blocks=manager.num_blocks,
-                              num_preemptions=self.scheduler.num_preemptions)
+                              num_preemptions=self.scheduler.num_preemptions,
+                              prefix_cache_queries=self.scheduler.prefix_cache_queries,
+                              prefix_cache_hits=self.scheduler.prefix_cache_hits)
 
     def has_work(self) -> bool:
         """Anything for step() to do; False while requests only wait for remote KV."""
@@ -98,7 +110,24 @@ class EngineCore:
         failed, self.scheduler.failed = self.scheduler.failed, {}
         return failed
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block; False (nothing done) while any block is in use."""
+        reset = self.kv_cache_manager.block_pool.reset_prefix_cache()
+        self._publish_kv_events()
+        return reset
+
+    def _publish_kv_events(self) -> None:
+        events = self.kv_cache_manager.take_events()
+        if events and self.kv_event_publisher is not None:
+            self.kv_event_publisher.publish(KVEventBatch(ts=time.time(), events=events))
+
     def step(self) -> list[EngineCoreOutput]:
+        try:
+            return self._step()
+        finally:
+            self._publish_kv_events()
+
+    def _step(self) -> list[EngineCoreOutput]:
         self.scheduler.poll_connector()
         outputs = self.scheduler.take_pending_outputs()
         if not self.scheduler.has_work():
@@ -132,6 +161,8 @@ class EngineCore:
         return errored
 
     def shutdown(self) -> None:
+        if self.kv_event_publisher is not None:
+            self.kv_event_publisher.shutdown()
         self.executor.shutdown()
         if self.connector is not None:
             self.connector.shutdown()

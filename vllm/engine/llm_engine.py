@@ -58,6 +58,9 @@ class LLMEngine:
                 self._children.pop(output.request_id, None)
         return outputs
 
+    def reset_prefix_cache(self) -> bool:
+        return self.engine_core.reset_prefix_cache()
+
     def get_tokenizer(self):
         return self.tokenizer
 

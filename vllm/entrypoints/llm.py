@@ -28,6 +28,10 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.get_tokenizer()
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block (False while a request holds blocks)."""
+        return self.llm_engine.reset_prefix_cache()
+
     def get_default_sampling_params(self) -> SamplingParams:
         """What `sampling_params=None` means: the model's generation config (see
         --generation-config) over vLLM's defaults."""

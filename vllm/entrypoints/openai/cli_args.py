@@ -95,6 +95,8 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="default sampling parameters and eos ids from the model's "
                        "generation_config.json (auto), from FOLDER's, or none (vllm)")
     group.add_argument("--kv-transfer-config", default=None, metavar="JSON")
+    group.add_argument("--kv-events-config", default=None, metavar="JSON",
+                       help="publish KV cache events on ZMQ (vLLM's KVEventsConfig fields)")
     group.add_argument("--additional-config", default=None, metavar="JSON")
 
 
@@ -177,9 +179,8 @@ def check_expert_parallel(args: argparse.Namespace, hf_config: Any) -> None:
     raise ServeArgumentError(f"--enable-expert-parallel: expert parallelism {_NOT_YET}")
 
 
-def parse_json_config(flag: str, text: Optional[str],
-                      allowed: dict[str, tuple[type, ...]]) -> Optional[dict[str, Any]]:
-    """Parse a JSON-object flag, rejecting malformed JSON, unknown keys and wrong types."""
+def parse_json_object(flag: str, text: Optional[str]) -> Optional[dict[str, Any]]:
+    """A JSON-object flag whose keys and values the engine's config checks."""
     if text is None:
         return None
     try:
@@ -188,6 +189,15 @@ def parse_json_config(flag: str, text: Optional[str],
         raise ServeArgumentError(f"{flag}: malformed JSON ({error})") from None
     if not isinstance(value, dict):
         raise ServeArgumentError(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_json_config(flag: str, text: Optional[str],
+                      allowed: dict[str, tuple[type, ...]]) -> Optional[dict[str, Any]]:
+    """Parse a JSON-object flag, rejecting malformed JSON, unknown keys and wrong types."""
+    value = parse_json_object(flag, text)
+    if value is None:
+        return None
     for key, item in value.items():
         if key not in allowed:
             raise ServeArgumentError(f"{flag}: unknown key {key!r} (known keys: "
@@ -245,6 +255,7 @@ def engine_args_from_cli(args: argparse.Namespace):
         "distributed_executor_backend": args.distributed_executor_backend,
         "enforce_eager": args.enforce_eager, "generation_config": args.generation_config,
         "kv_transfer_config": parse_kv_transfer_config(args.kv_transfer_config),
+        "kv_events_config": parse_json_object("--kv-events-config", args.kv_events_config),
         **data_parallel_kwargs(args),
         "additional_config": parse_json_config("--additional-config", args.additional_config,
                                                ADDITIONAL_CONFIG_KEYS) or {},

@@ -50,6 +50,10 @@ class ServerMetrics:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Prefilled prompt tokens.")
         self.generation_tokens = counter("vllm:generation_tokens", "Generated tokens.")
         self.preemptions = counter("vllm:num_preemptions", "Preempted requests.")
+        self.prefix_queries = counter("vllm:prefix_cache_queries",
+                                      "Prefix cache queries, in tokens looked up.")
+        self.prefix_hits = counter("vllm:prefix_cache_hits",
+                                   "Prefix cache hits, in tokens found cached.")
         self.ttft = histogram("vllm:time_to_first_token_seconds",
                               "Time to the first generated token.", TTFT_BUCKETS)
         self.tpot = histogram("vllm:time_per_output_token_seconds",
@@ -58,13 +62,15 @@ class ServerMetrics:
                              "Latency from arrival to the last token.", E2E_BUCKETS)
         self._success = Counter("vllm:request_success", "Finished requests.",
                                 [*self.labels, "finished_reason"], registry=self.registry)
-        self._seen_preemptions: dict[int, int] = {}
-        # With several API servers only the first counts the engines' preemptions.
+        # (counter, engine) -> the engine's total already counted: engines send totals.
+        self._seen_totals: dict[tuple[Counter, int], int] = {}
+        # With several API servers only the first counts the engines' totals.
         self.counts_engine_events = True
         for engine in range(num_engines):  # every series exists from the start
             for metric in (self.num_running, self.num_waiting, self.kv_usage,
                            self.free_blocks, self.prompt_tokens, self.generation_tokens,
-                           self.preemptions, self.ttft, self.tpot, self.e2e):
+                           self.preemptions, self.prefix_queries, self.prefix_hits,
+                           self.ttft, self.tpot, self.e2e):
                 self._of(metric, engine)
 
     def _of(self, metric, engine: int):
@@ -75,11 +81,17 @@ class ServerMetrics:
         self._of(self.num_waiting, engine).set(stats.num_waiting)
         self._of(self.kv_usage, engine).set(stats.kv_cache_usage)
         self._of(self.free_blocks, engine).set(stats.num_free_blocks)
-        seen = self._seen_preemptions.get(engine, 0)
-        if stats.num_preemptions > seen:
+        self._count_total(self.preemptions, engine, stats.num_preemptions)
+        self._count_total(self.prefix_queries, engine, stats.prefix_cache_queries)
+        self._count_total(self.prefix_hits, engine, stats.prefix_cache_hits)
+
+    def _count_total(self, metric: Counter, engine: int, total: int) -> None:
+        key = (metric, engine)
+        seen = self._seen_totals.get(key, 0)
+        if total > seen:
             if self.counts_engine_events:
-                self._of(self.preemptions, engine).inc(stats.num_preemptions - seen)
-            self._seen_preemptions[engine] = stats.num_preemptions
+                self._of(metric, engine).inc(total - seen)
+            self._seen_totals[key] = total
 
     def record_first_token(self, num_prompt_tokens: int, time_to_first_token: float,
                            engine: int = 0) -> None:
