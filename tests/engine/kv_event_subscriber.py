@@ -1,40 +1,19 @@
 """A KV event subscriber written from vLLM's wire format alone (plain msgpack maps, no
 structs of ours): PUB frames [topic, seq, payload], replay through a DEALER socket."""
-import contextlib
-import socket
 import time
 
 import msgspec
 import zmq
+
+from free_ports import free_port_range
 
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
 
 
 def free_endpoints(count: int, rank: int = 0) -> list[str]:
     """count distinct tcp endpoints on 127.0.0.1 whose ports, and those ports plus the
-    data-parallel rank, are free (each probe stays bound until all are chosen, so the
-    kernel cannot hand the same port out twice)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(100 * count):
-            probe = stack.enter_context(socket.socket())
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-            shifted = port + rank
-            if rank == 0 or (shifted < 65536 and shifted not in ports and _is_free(shifted)):
-                ports.append(port)
-            if len(ports) == count:
-                return [f"tcp://127.0.0.1:{p}" for p in ports]
-    raise RuntimeError(f"no {count} free endpoints")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    data-parallel rank, are free (tests/free_ports.py)."""
+    return [f"tcp://127.0.0.1:{free_port_range(rank + 1)}" for _ in range(count)]
 
 
 class Subscriber:
